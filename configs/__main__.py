@@ -1,0 +1,38 @@
+"""`python -m configs`: a table of every preset's size and cost."""
+
+from configs import PRESETS, get_config
+from model.costs import analytic_params, counted_params, kv_cache_bytes_per_token, train_flops_per_token
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def table() -> str:
+    header = ("preset", "params (counted)", "params (formula)", "match", "d x L x heads", "vocab",
+              "train FLOPs/token @seq", "KV-cache bytes/token")
+    rows = []
+    for name in PRESETS:
+        cfg = get_config(name)
+        m = cfg.model
+        counted, formula = counted_params(m), analytic_params(m)
+        rows.append((
+            name,
+            f"{counted:,} ({_si(counted)})",
+            f"{formula:,}",
+            "exact" if counted == formula else f"off by {counted - formula:+,}",
+            f"{m.d_model} x {m.num_layers} x {m.num_heads}q/{m.num_kv_heads}kv x {m.head_dim}",
+            f"{m.vocab_size:,}",
+            f"{_si(train_flops_per_token(m, cfg.data.seq_len))} @{cfg.data.seq_len}",
+            f"{kv_cache_bytes_per_token(m):,} ({m.compute_dtype})",
+        ))
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table())

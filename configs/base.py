@@ -1,0 +1,162 @@
+"""Typed configuration: one frozen dataclass per concern, validated at construction.
+
+Presets (one module each beside this file) are small functions that fill these in.
+Every field can be overridden from the command line (see configs/cli.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+ATTENTION_BACKENDS = ("xla", "cudnn")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _fail(field: str, message: str) -> None:
+    raise ValueError(f"config field `{field}`: {message}")
+
+
+def _check_positive(prefix: str, obj, names: tuple[str, ...]) -> None:
+    for name in names:
+        if getattr(obj, name) <= 0:
+            _fail(f"{prefix}.{name}", f"must be positive, got {getattr(obj, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The decoder's shape. The vocabulary is text pieces, then image codes, then audio codes."""
+
+    text_vocab_size: int
+    image_vocab_size: int
+    audio_vocab_size: int
+    d_model: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int  # 1 = multi-query; num_heads = multi-head; in between = grouped-query
+    head_dim: int
+    mlp_dim: int
+    max_seq_len: int
+    tie_embeddings: bool = True
+    qk_norm: bool = False
+    rope_base: float = 10_000.0
+    norm_eps: float = 1e-6
+    param_dtype: str = "float32"
+    compute_dtype: str = "bfloat16"
+    remat_policy: str = "dots_saveable"
+    attention_backend: str = "xla"
+
+    def __post_init__(self):
+        _check_positive("model", self, ("text_vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
+                                        "head_dim", "mlp_dim", "max_seq_len", "rope_base", "norm_eps"))
+        if self.image_vocab_size < 0 or self.audio_vocab_size < 0:
+            _fail("model.image_vocab_size", "code ranges cannot be negative")
+        if self.num_heads % self.num_kv_heads:
+            _fail("model.num_kv_heads", f"{self.num_kv_heads} does not divide model.num_heads={self.num_heads}")
+        if self.head_dim % 2:
+            _fail("model.head_dim", f"RoPE rotates pairs, so it must be even; got {self.head_dim}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            _fail("model.attention_backend", f"unknown backend {self.attention_backend!r}; choose from {ATTENTION_BACKENDS}")
+        if self.remat_policy not in REMAT_POLICIES:
+            _fail("model.remat_policy", f"unknown policy {self.remat_policy!r}; choose from {REMAT_POLICIES}")
+        for name in ("param_dtype", "compute_dtype"):
+            if getattr(self, name) not in DTYPES:
+                _fail(f"model.{name}", f"unknown dtype {getattr(self, name)!r}; choose from {DTYPES}")
+
+    @property
+    def vocab_size(self) -> int:
+        """All three id ranges, padded to a multiple of 128 so the vocab axis shards evenly."""
+        used = self.text_vocab_size + self.image_vocab_size + self.audio_vocab_size
+        return -(-used // 128) * 128
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh. One axis may be -1: it takes whatever devices the others leave."""
+
+    dcn_data: int = 1  # data parallelism across slices (over the data-centre network)
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+
+    AXES = ("dcn_data", "data", "fsdp", "tensor")
+
+    def __post_init__(self):
+        sizes = {axis: getattr(self, axis) for axis in self.AXES}
+        for axis, size in sizes.items():
+            if size == 0 or size < -1:
+                _fail(f"mesh.{axis}", f"must be a positive size or -1, got {size}")
+        if sum(size == -1 for size in sizes.values()) > 1:
+            _fail("mesh", f"at most one axis may be -1, got {sizes}")
+
+    def resolve(self, num_devices: int) -> dict[str, int]:
+        """Axis sizes for `num_devices`; raises naming the fields if they cannot cover them exactly."""
+        sizes = {axis: getattr(self, axis) for axis in self.AXES}
+        fixed = 1
+        for size in sizes.values():
+            fixed *= size if size != -1 else 1
+        free = [axis for axis, size in sizes.items() if size == -1]
+        if free:
+            if num_devices % fixed:
+                _fail(f"mesh.{free[0]}", f"the other axes {sizes} multiply to {fixed}, which does not divide {num_devices} devices")
+            sizes[free[0]] = num_devices // fixed
+        elif fixed != num_devices:
+            fields = " x ".join(f"mesh.{a}={s}" for a, s in sizes.items())
+            _fail("mesh", f"{fields} = {fixed} devices, but {num_devices} are present")
+        return sizes
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    seq_len: int = 512
+    global_batch_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_positive("data", self, ("seq_len", "global_batch_size"))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    learning_rate: float = 3e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip_norm: float = 1.0
+    grad_accum_steps: int = 1
+    z_loss_weight: float = 1e-4  # pulls log Z toward 0, the stability fix early-fusion models needed
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_positive("train", self, ("steps", "learning_rate", "grad_clip_norm", "grad_accum_steps"))
+        if self.warmup_steps < 0:
+            _fail("train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        if self.z_loss_weight < 0:
+            _fail("train.z_loss_weight", f"must be >= 0, got {self.z_loss_weight}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    slots: int = 8  # concurrent decode slots sharing one KV cache
+    max_cache_len: int = 1024
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    def __post_init__(self):
+        _check_positive("serve", self, ("slots", "max_cache_len", "port"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str
+    model: ModelConfig
+    mesh: MeshConfig = MeshConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    serve: ServeConfig = ServeConfig()
+
+    def __post_init__(self):
+        if self.data.seq_len > self.model.max_seq_len:
+            _fail("data.seq_len", f"{self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
+        if self.serve.max_cache_len > self.model.max_seq_len:
+            _fail("serve.max_cache_len", f"{self.serve.max_cache_len} exceeds model.max_seq_len={self.model.max_seq_len}")

@@ -1,0 +1,28 @@
+"""`tiny`: a few million parameters; trains and serves on a 2-core CPU in minutes."""
+
+from configs.base import Config, DataConfig, MeshConfig, ModelConfig, ServeConfig, TrainConfig
+
+
+def config() -> Config:
+    return Config(
+        name="tiny",
+        model=ModelConfig(
+            text_vocab_size=1024,
+            image_vocab_size=1000,  # FSQ levels [8, 5, 5, 5]
+            audio_vocab_size=1000,  # FSQ levels [8, 5, 5, 5]
+            d_model=256,
+            num_layers=4,
+            num_heads=4,
+            num_kv_heads=1,
+            head_dim=64,
+            mlp_dim=1024,
+            max_seq_len=512,
+            tie_embeddings=True,
+            compute_dtype="float32",  # bf16 is no faster than fp32 on a CPU
+            remat_policy="none",  # activations of a tiny model fit easily
+        ),
+        mesh=MeshConfig(data=-1, fsdp=1, tensor=1),
+        data=DataConfig(seq_len=512, global_batch_size=8),
+        train=TrainConfig(steps=2000, learning_rate=1e-3, warmup_steps=100),
+        serve=ServeConfig(slots=8, max_cache_len=512),
+    )

@@ -1,0 +1,1 @@
+"""Vocabulary, the procedural world and the input pipeline (issues 3 and 4)."""

@@ -1,0 +1,1 @@
+"""The network (Flax NNX) and, as they land, its image and audio tokenizers."""

@@ -1,0 +1,111 @@
+"""Multi-query (or grouped / multi-head) attention with RoPE, optional QK-norm and an explicit KV cache.
+
+One code path serves scoring and decoding. Keys come either from the chunk itself (no cache:
+training, scoring) or from the cache after the chunk is written into it (prefill, decode).
+Which keys a query may see is always the same rule:
+
+    same segment  and  key position <= query position  and  key is not empty (segment 0)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from configs.base import ModelConfig
+from model.layers import RMSNorm, apply_rope, param
+from model.sharding import constrain
+
+
+@struct.dataclass
+class KVCache:
+    """Keys and values for every layer, indexed by position; a value passed in and returned.
+
+    k, v:         [layers, batch, length, kv_heads, head_dim]
+    segment_ids:  [batch, length] int32; 0 marks a position not yet written
+    """
+
+    k: jax.Array
+    v: jax.Array
+    segment_ids: jax.Array
+
+    @classmethod
+    def init(cls, cfg: ModelConfig, batch: int, length: int, dtype=None) -> "KVCache":
+        dtype = dtype or cfg.compute_dtype
+        shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+        return cls(
+            k=jnp.zeros(shape, dtype),
+            v=jnp.zeros(shape, dtype),
+            segment_ids=jnp.zeros((batch, length), jnp.int32),
+        )
+
+    @property
+    def length(self) -> int:
+        return self.segment_ids.shape[1]
+
+
+def write_positions(positions_bt: jax.Array, segment_ids_bt: jax.Array, cache_len: int) -> jax.Array:
+    """Where each token lands in the cache: its position; padding (segment 0) goes out of bounds and is dropped."""
+    return jnp.where(segment_ids_bt == 0, cache_len, positions_bt)
+
+
+def scatter_rows(cache_bs: jax.Array, rows_bt: jax.Array, where_bt: jax.Array) -> jax.Array:
+    """cache[b, where[b, t]] = rows[b, t]; out-of-bounds writes are dropped."""
+    batch_b1 = jnp.arange(cache_bs.shape[0])[:, None]
+    return cache_bs.at[batch_b1, where_bt].set(rows_bt.astype(cache_bs.dtype), mode="drop")
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        d, n, k, h, dtype = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.param_dtype
+        self.q_dnh = param(rngs, (d, n, h), ("embed", "heads", "head_dim"), d**-0.5, dtype)
+        self.k_dkh = param(rngs, (d, k, h), ("embed", "kv", "head_dim"), d**-0.5, dtype)
+        self.v_dkh = param(rngs, (d, k, h), ("embed", "kv", "head_dim"), d**-0.5, dtype)
+        self.o_nhd = param(rngs, (n, h, d), ("heads", "head_dim", "embed"), (n * h) ** -0.5, dtype)
+        self.q_norm = RMSNorm(h, "head_dim", cfg.norm_eps, dtype) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(h, "head_dim", cfg.norm_eps, dtype) if cfg.qk_norm else None
+        self.rope_base = cfg.rope_base
+        self.backend = cfg.attention_backend
+
+    def __call__(
+        self,
+        x_btd: jax.Array,
+        positions_bt: jax.Array,
+        segment_ids_bt: jax.Array,
+        cache: tuple[jax.Array, jax.Array] | None = None,
+        cache_segment_ids_bs: jax.Array | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """Attend; with a cache, `cache_segment_ids_bs` must already include this chunk's writes."""
+        dtype = x_btd.dtype
+        q_btnh = jnp.einsum("btd,dnh->btnh", x_btd, self.q_dnh.value.astype(dtype))
+        k_btkh = jnp.einsum("btd,dkh->btkh", x_btd, self.k_dkh.value.astype(dtype))
+        v_btkh = jnp.einsum("btd,dkh->btkh", x_btd, self.v_dkh.value.astype(dtype))
+        if self.q_norm is not None:
+            q_btnh, k_btkh = self.q_norm(q_btnh), self.k_norm(k_btkh)
+        q_btnh = constrain(apply_rope(q_btnh, positions_bt, self.rope_base), ("batch", "length", "heads", None))
+        k_btkh = apply_rope(k_btkh, positions_bt, self.rope_base)
+
+        if cache is None:
+            keys_bskh, values_bskh = k_btkh, v_btkh
+            key_positions_bs, key_segments_bs = positions_bt, segment_ids_bt
+        else:
+            cache_k_bskh, cache_v_bskh = cache
+            where_bt = write_positions(positions_bt, segment_ids_bt, cache_k_bskh.shape[1])
+            keys_bskh = scatter_rows(cache_k_bskh, k_btkh, where_bt)
+            values_bskh = scatter_rows(cache_v_bskh, v_btkh, where_bt)
+            cache = (keys_bskh, values_bskh)
+            key_positions_bs = jnp.broadcast_to(jnp.arange(keys_bskh.shape[1]), cache_segment_ids_bs.shape)
+            key_segments_bs = cache_segment_ids_bs
+            keys_bskh, values_bskh = keys_bskh.astype(dtype), values_bskh.astype(dtype)
+
+        mask_bts = (
+            (segment_ids_bt[:, :, None] == key_segments_bs[:, None, :])
+            & (key_positions_bs[:, None, :] <= positions_bt[:, :, None])
+            & (key_segments_bs[:, None, :] != 0)
+        )
+        out_btnh = jax.nn.dot_product_attention(
+            q_btnh, keys_bskh, values_bskh, mask=mask_bts[:, None], implementation=self.backend
+        )
+        out_btd = jnp.einsum("btnh,nhd->btd", out_btnh, self.o_nhd.value.astype(dtype))
+        return out_btd, cache

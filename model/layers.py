@@ -1,0 +1,82 @@
+"""The small pieces: parameters with logical axes, RMSNorm, embeddings, gated MLP, RoPE."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model.sharding import constrain
+
+
+def param(rngs: nnx.Rngs, shape: tuple[int, ...], names: tuple[str, ...], std: float, dtype) -> nnx.Param:
+    """A normally initialised parameter carrying its logical axis names.
+
+    Sharding happens where the state is built (`init_sharded` jits with out_shardings), so the
+    variable itself is not eagerly resharded.
+    """
+    assert len(shape) == len(names), (shape, names)
+    value = std * jax.random.normal(rngs.params(), shape, dtype)
+    return nnx.Param(value, out_sharding=names, eager_sharding=False)
+
+
+def ones_param(shape: tuple[int, ...], names: tuple[str, ...], dtype) -> nnx.Param:
+    return nnx.Param(jnp.ones(shape, dtype), out_sharding=names, eager_sharding=False)
+
+
+class RMSNorm(nnx.Module):
+    """x / rms(x) * scale, computed in float32 whatever the compute dtype."""
+
+    def __init__(self, dim: int, axis_name: str, eps: float, param_dtype):
+        self.scale = ones_param((dim,), (axis_name,), param_dtype)
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (normed * self.scale.value.astype(jnp.float32)).astype(x.dtype)
+
+
+class Embedding(nnx.Module):
+    """One table for every modality's ids; tied, it is also the output head."""
+
+    def __init__(self, vocab_size: int, d_model: int, param_dtype, rngs: nnx.Rngs):
+        self.table_vd = param(rngs, (vocab_size, d_model), ("vocab", "embed"), 1.0, param_dtype)
+
+    def encode(self, tokens_bt: jax.Array, dtype) -> jax.Array:
+        return jnp.take(self.table_vd.value, tokens_bt, axis=0).astype(dtype)
+
+    def decode(self, x_btd: jax.Array) -> jax.Array:
+        """Tied logits, scaled by 1/sqrt(d) because the table has unit-variance rows."""
+        table_vd = self.table_vd.value.astype(x_btd.dtype)
+        logits = jnp.einsum("btd,vd->btv", x_btd, table_vd, preferred_element_type=jnp.float32)
+        return logits / math.sqrt(x_btd.shape[-1])
+
+
+class GatedMLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, d_model: int, mlp_dim: int, param_dtype, rngs: nnx.Rngs):
+        self.gate_dm = param(rngs, (d_model, mlp_dim), ("embed", "mlp"), d_model**-0.5, param_dtype)
+        self.up_dm = param(rngs, (d_model, mlp_dim), ("embed", "mlp"), d_model**-0.5, param_dtype)
+        self.down_md = param(rngs, (mlp_dim, d_model), ("mlp", "embed"), mlp_dim**-0.5, param_dtype)
+
+    def __call__(self, x_btd: jax.Array) -> jax.Array:
+        dtype = x_btd.dtype
+        gate_btm = jnp.einsum("btd,dm->btm", x_btd, self.gate_dm.value.astype(dtype))
+        up_btm = jnp.einsum("btd,dm->btm", x_btd, self.up_dm.value.astype(dtype))
+        hidden_btm = constrain(jax.nn.silu(gate_btm) * up_btm, ("batch", "length", "mlp"))
+        return jnp.einsum("btm,md->btd", hidden_btm, self.down_md.value.astype(dtype))
+
+
+def apply_rope(x_btnh: jax.Array, positions_bt: jax.Array, base: float) -> jax.Array:
+    """Rotary position embedding over pairs (first half, second half) of the head dimension."""
+    half = x_btnh.shape[-1] // 2
+    inv_freq_f = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles_bth = positions_bt.astype(jnp.float32)[..., None] * inv_freq_f
+    sin, cos = jnp.sin(angles_bth)[:, :, None, :], jnp.cos(angles_bth)[:, :, None, :]
+    x1, x2 = jnp.split(x_btnh.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x_btnh.dtype)

@@ -1,0 +1,88 @@
+"""Logical axis names -> mesh axes, mesh building, and initialising modules straight into shards.
+
+Model code names only logical axes (`embed`, `heads`, ...). This table is the one place
+they meet the mesh: changing the parallelism is changing the table.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from configs.base import MeshConfig
+
+MESH_AXES = MeshConfig.AXES  # ("dcn_data", "data", "fsdp", "tensor")
+
+LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    # parameters
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),  # FSDP: weights split on their model dimension, gathered per layer
+    ("heads", "tensor"),
+    ("kv", None),  # multi-query has one kv head: it cannot split, so it is replicated
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("layers", None),  # the scanned stack's leading axis
+    # activations (their model dimension is written as None in model code)
+    ("batch", ("dcn_data", "data", "fsdp")),
+    ("length", None),
+)
+_RULES = dict(LOGICAL_RULES)
+
+
+def logical_to_spec(names: tuple[str | None, ...]) -> PartitionSpec:
+    """PartitionSpec for a tuple of logical names; an unknown name is an error, not a silent replica."""
+    unknown = [n for n in names if n is not None and n not in _RULES]
+    if unknown:
+        raise KeyError(f"logical axis {unknown} has no rule in model/sharding.py LOGICAL_RULES")
+    return PartitionSpec(*(None if n is None else _RULES[n] for n in names))
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+    """Pin an activation's layout under the active mesh (`jax.set_mesh`); a no-op without one."""
+    if jax.sharding.get_abstract_mesh().empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(names))
+
+
+def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
+    """The device mesh; raises naming the `mesh.*` fields when they do not cover the devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = cfg.resolve(len(devices))
+    shape = tuple(sizes[a] for a in MESH_AXES)
+    if sizes["dcn_data"] > 1:
+        # Slices talk over the slower data-centre network: only data parallelism crosses it.
+        granule = not hasattr(devices[0], "slice_index")
+        device_array = mesh_utils.create_hybrid_device_mesh(
+            (1,) + shape[1:], (shape[0], 1, 1, 1), devices, process_is_granule=granule
+        )
+    else:
+        device_array = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    return Mesh(np.asarray(device_array), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def state_shardings(abstract_state: nnx.State, mesh: Mesh):
+    """NamedSharding for every variable, from the logical names it was created with."""
+
+    def sharding(variable):
+        names = variable.get_metadata().get("out_sharding") or (None,) * variable.value.ndim
+        return NamedSharding(mesh, logical_to_spec(tuple(names)))
+
+    return jax.tree.map(sharding, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def init_sharded(make_module: Callable[[], nnx.Module], mesh: Mesh) -> tuple[nnx.GraphDef, nnx.State]:
+    """Build a module with every parameter created directly in its shard: no full copy on any device."""
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(make_module))
+    shardings = state_shardings(abstract_state, mesh)
+
+    def init():
+        return nnx.split(make_module())[1]
+
+    with jax.set_mesh(mesh):
+        state = jax.jit(init, out_shardings=shardings)()
+    return graphdef, state

@@ -1,0 +1,110 @@
+"""The decoder: embedding -> a scanned stack of pre-norm blocks -> final norm -> logits.
+
+The stack is built with `nnx.vmap` (every parameter gains a leading `layers` axis) and applied
+with `jax.lax.scan`, so compile time does not grow with depth. The block body is wrapped in
+`jax.checkpoint` with the config's named remat policy.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from configs.base import ModelConfig
+from model.attention import Attention, KVCache, write_positions
+from model.layers import Embedding, GatedMLP, RMSNorm, param
+from model.sharding import constrain
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.attention_norm = RMSNorm(cfg.d_model, "embed", cfg.norm_eps, cfg.param_dtype)
+        self.attention = Attention(cfg, rngs)
+        self.mlp_norm = RMSNorm(cfg.d_model, "embed", cfg.norm_eps, cfg.param_dtype)
+        self.mlp = GatedMLP(cfg.d_model, cfg.mlp_dim, cfg.param_dtype, rngs)
+
+    def __call__(self, x_btd, positions_bt, segment_ids_bt, layer_cache, cache_segment_ids_bs):
+        h_btd, layer_cache = self.attention(
+            self.attention_norm(x_btd), positions_bt, segment_ids_bt, layer_cache, cache_segment_ids_bs
+        )
+        x_btd = x_btd + h_btd
+        x_btd = x_btd + self.mlp(self.mlp_norm(x_btd))
+        return constrain(x_btd, ("batch", "length", None)), layer_cache
+
+
+class Transformer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embedding = Embedding(cfg.vocab_size, cfg.d_model, cfg.param_dtype, rngs)
+
+        @nnx.split_rngs(splits=cfg.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make_blocks(rngs: nnx.Rngs) -> Block:
+            return Block(cfg, rngs)
+
+        self.blocks = make_blocks(rngs)
+        self.final_norm = RMSNorm(cfg.d_model, "embed", cfg.norm_eps, cfg.param_dtype)
+        if not cfg.tie_embeddings:
+            self.unembed_dv = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.d_model**-0.5, cfg.param_dtype)
+
+    def __call__(
+        self,
+        tokens_bt: jax.Array,
+        positions_bt: jax.Array | None = None,
+        segment_ids_bt: jax.Array | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """Float32 logits [batch, length, vocab] and the updated cache (None in, None out).
+
+        positions: index within each packed sequence (default 0..T-1); with a cache it is also
+        the cache slot written. segment_ids: which packed sequence a token belongs to; 0 = padding
+        (default: all 1).
+        """
+        cfg = self.cfg
+        if positions_bt is None:
+            positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1], dtype=jnp.int32), tokens_bt.shape)
+        if segment_ids_bt is None:
+            segment_ids_bt = jnp.ones(tokens_bt.shape, jnp.int32)
+        x_btd = constrain(self.embedding.encode(tokens_bt, cfg.compute_dtype), ("batch", "length", None))
+
+        cache_segment_ids_bs, layer_caches = None, None
+        if cache is not None:
+            where_bt = write_positions(positions_bt, segment_ids_bt, cache.length)
+            batch_b1 = jnp.arange(tokens_bt.shape[0])[:, None]
+            cache_segment_ids_bs = cache.segment_ids.at[batch_b1, where_bt].set(segment_ids_bt, mode="drop")
+            layer_caches = (cache.k, cache.v)
+
+        blocks_graph, blocks_state = nnx.split(self.blocks)
+
+        def layer(x_btd, per_layer):
+            block_state, layer_cache = per_layer
+            block = nnx.merge(blocks_graph, block_state)
+            return block(x_btd, positions_bt, segment_ids_bt, layer_cache, cache_segment_ids_bs)
+
+        if cfg.remat_policy != "none":
+            layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
+        x_btd, layer_caches = jax.lax.scan(layer, x_btd, (blocks_state, layer_caches))
+
+        x_btd = self.final_norm(x_btd)
+        if cfg.tie_embeddings:
+            logits_btv = self.embedding.decode(x_btd)
+        else:
+            unembed_dv = self.unembed_dv.value.astype(x_btd.dtype)
+            logits_btv = jnp.einsum("btd,dv->btv", x_btd, unembed_dv, preferred_element_type=jnp.float32)
+        logits_btv = constrain(logits_btv, ("batch", "length", "vocab"))
+
+        if cache is not None:
+            cache = KVCache(k=layer_caches[0], v=layer_caches[1], segment_ids=cache_segment_ids_bs)
+        return logits_btv, cache
+
+
+def forward(graphdef: nnx.GraphDef, state: nnx.State, tokens_bt, positions_bt=None, segment_ids_bt=None, cache=None):
+    """The pure function that compute paths jit: merge the split state and run the model."""
+    return nnx.merge(graphdef, state)(tokens_bt, positions_bt, segment_ids_bt, cache)
