@@ -5,14 +5,14 @@ from model.costs import analytic_params, counted_params, kv_cache_bytes_per_toke
 
 
 def _si(x: float) -> str:
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(x) >= scale:
             return f"{x / scale:.3g}{unit}"
     return f"{x:.3g}"
 
 
 def table() -> str:
-    header = ("preset", "params (counted)", "params (formula)", "match", "d x L x heads", "vocab",
+    header = ("preset", "params (counted)", "params (formula)", "match", "shape", "vocab",
               "train FLOPs/token @seq", "KV-cache bytes/token")
     rows = []
     for name in PRESETS:
@@ -24,9 +24,9 @@ def table() -> str:
             f"{counted:,} ({_si(counted)})",
             f"{formula:,}",
             "exact" if counted == formula else f"off by {counted - formula:+,}",
-            f"{m.d_model} x {m.num_layers} x {m.num_heads}q/{m.num_kv_heads}kv x {m.head_dim}",
+            f"d {m.d_model}, L {m.num_layers}, {m.num_heads}q/{m.num_kv_heads}kv x {m.head_dim}, ffn {m.mlp_dim}",
             f"{m.vocab_size:,}",
-            f"{_si(train_flops_per_token(m, cfg.data.seq_len))} @{cfg.data.seq_len}",
+            f"{train_flops_per_token(m, cfg.data.seq_len):.3e} @{cfg.data.seq_len}",
             f"{kv_cache_bytes_per_token(m):,} ({m.compute_dtype})",
         ))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -36,23 +34,30 @@ class RMSNorm(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (normed * self.scale.value.astype(jnp.float32)).astype(x.dtype)
+        return (normed * self.scale[...].astype(jnp.float32)).astype(x.dtype)
 
 
 class Embedding(nnx.Module):
-    """One table for every modality's ids; tied, it is also the output head."""
+    """One table for every modality's ids; tied, it is also the output head.
+
+    Rows start at norm ~1 (std 1/sqrt(d)): small beside what the blocks add to the residual
+    stream, so a tied model does not begin by predicting its own input token, and its logits
+    start at unit scale.
+    """
 
     def __init__(self, vocab_size: int, d_model: int, param_dtype, rngs: nnx.Rngs):
-        self.table_vd = param(rngs, (vocab_size, d_model), ("vocab", "embed"), 1.0, param_dtype)
+        self.table_vd = param(rngs, (vocab_size, d_model), ("vocab", "embed"), d_model**-0.5, param_dtype)
 
     def encode(self, tokens_bt: jax.Array, dtype) -> jax.Array:
-        return jnp.take(self.table_vd.value, tokens_bt, axis=0).astype(dtype)
+        # Gather the FSDP-split model dimension first (as every FSDP weight is, per use), so the
+        # lookup needs only a sum over vocab shards and lands batch-split without a reshuffle.
+        table_vd = constrain(self.table_vd[...], ("vocab", None))
+        return jnp.take(table_vd, tokens_bt, axis=0).astype(dtype)
 
     def decode(self, x_btd: jax.Array) -> jax.Array:
-        """Tied logits, scaled by 1/sqrt(d) because the table has unit-variance rows."""
-        table_vd = self.table_vd.value.astype(x_btd.dtype)
-        logits = jnp.einsum("btd,vd->btv", x_btd, table_vd, preferred_element_type=jnp.float32)
-        return logits / math.sqrt(x_btd.shape[-1])
+        """Tied logits: the normalised stream against every row of the table."""
+        table_vd = self.table_vd[...].astype(x_btd.dtype)
+        return jnp.einsum("btd,vd->btv", x_btd, table_vd, preferred_element_type=jnp.float32)
 
 
 class GatedMLP(nnx.Module):
@@ -65,10 +70,10 @@ class GatedMLP(nnx.Module):
 
     def __call__(self, x_btd: jax.Array) -> jax.Array:
         dtype = x_btd.dtype
-        gate_btm = jnp.einsum("btd,dm->btm", x_btd, self.gate_dm.value.astype(dtype))
-        up_btm = jnp.einsum("btd,dm->btm", x_btd, self.up_dm.value.astype(dtype))
+        gate_btm = jnp.einsum("btd,dm->btm", x_btd, self.gate_dm[...].astype(dtype))
+        up_btm = jnp.einsum("btd,dm->btm", x_btd, self.up_dm[...].astype(dtype))
         hidden_btm = constrain(jax.nn.silu(gate_btm) * up_btm, ("batch", "length", "mlp"))
-        return jnp.einsum("btm,md->btd", hidden_btm, self.down_md.value.astype(dtype))
+        return jnp.einsum("btm,md->btd", hidden_btm, self.down_md[...].astype(dtype))
 
 
 def apply_rope(x_btnh: jax.Array, positions_bt: jax.Array, base: float) -> jax.Array:

@@ -69,7 +69,7 @@ def state_shardings(abstract_state: nnx.State, mesh: Mesh):
     """NamedSharding for every variable, from the logical names it was created with."""
 
     def sharding(variable):
-        names = variable.get_metadata().get("out_sharding") or (None,) * variable.value.ndim
+        names = variable.get_metadata().get("out_sharding") or (None,) * variable.get_value().ndim
         return NamedSharding(mesh, logical_to_spec(tuple(names)))
 
     return jax.tree.map(sharding, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))

@@ -14,7 +14,7 @@ from flax import nnx
 from configs.base import ModelConfig
 from model.attention import Attention, KVCache, write_positions
 from model.layers import Embedding, GatedMLP, RMSNorm, param
-from model.sharding import constrain
+from model.sharding import constrain, init_sharded
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -96,7 +96,7 @@ class Transformer(nnx.Module):
         if cfg.tie_embeddings:
             logits_btv = self.embedding.decode(x_btd)
         else:
-            unembed_dv = self.unembed_dv.value.astype(x_btd.dtype)
+            unembed_dv = self.unembed_dv[...].astype(x_btd.dtype)
             logits_btv = jnp.einsum("btd,dv->btv", x_btd, unembed_dv, preferred_element_type=jnp.float32)
         logits_btv = constrain(logits_btv, ("batch", "length", "vocab"))
 
@@ -108,3 +108,8 @@ class Transformer(nnx.Module):
 def forward(graphdef: nnx.GraphDef, state: nnx.State, tokens_bt, positions_bt=None, segment_ids_bt=None, cache=None):
     """The pure function that compute paths jit: merge the split state and run the model."""
     return nnx.merge(graphdef, state)(tokens_bt, positions_bt, segment_ids_bt, cache)
+
+
+def init_model(cfg: ModelConfig, mesh: jax.sharding.Mesh, seed: int = 0) -> tuple[nnx.GraphDef, nnx.State]:
+    """The decoder's parameters, created directly in their shards on `mesh`."""
+    return init_sharded(lambda: Transformer(cfg, rngs=nnx.Rngs(seed)), mesh)

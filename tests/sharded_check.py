@@ -1,0 +1,71 @@
+"""Run in a subprocess with 8 simulated CPU devices; prints one JSON object of facts to check.
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharded_check.py
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from configs.base import MeshConfig
+from helpers import small_model_config
+from model.sharding import init_sharded, logical_to_spec, make_mesh, state_shardings
+from model.transformer import Transformer, forward
+
+
+def main() -> dict:
+    assert jax.device_count() == 8, f"expected 8 simulated devices, got {jax.device_count()} ({os.environ.get('XLA_FLAGS')})"
+    cfg = small_model_config(d_model=128, num_heads=4, num_kv_heads=1, head_dim=32, mlp_dim=512, tie_embeddings=False)
+    mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    make = lambda: Transformer(cfg, rngs=nnx.Rngs(0))
+
+    # 1. What the compiled initialiser holds per device, against a full copy of the parameters.
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(make))
+    shardings = state_shardings(abstract_state, mesh)
+    with jax.set_mesh(mesh):
+        compiled = jax.jit(lambda: nnx.split(make())[1], out_shardings=shardings).lower().compile()
+    memory = compiled.memory_analysis()
+    full_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state))
+
+    # 2. The real initialised state: where each large weight lives.
+    graphdef, state = init_sharded(make, mesh)
+    weights = {}
+    for path, variable in jax.tree.leaves_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable)):
+        array = variable[...]
+        name = "/".join(str(getattr(p, "key", p)) for p in path)
+        weights[name] = {
+            "global_shape": list(array.shape),
+            "shard_shape": list(array.addressable_shards[0].data.shape),
+            "spec": str(array.sharding.spec),
+            "expected_spec": str(logical_to_spec(tuple(variable.get_metadata()["out_sharding"]))),
+            "devices_holding_a_shard": len({s.device for s in array.addressable_shards}),
+        }
+
+    # 3. Sharded forward == single-device forward, same parameters.
+    tokens = jax.random.randint(jax.random.key(1), (4, 24), 0, cfg.vocab_size)
+    host_state = jax.device_get(state)
+    single, _ = jax.jit(forward, static_argnums=0)(graphdef, host_state, tokens)
+    with jax.set_mesh(mesh):
+        batch_sharding = NamedSharding(mesh, logical_to_spec(("batch", "length")))
+        sharded, _ = jax.jit(forward, static_argnums=0)(graphdef, state, jax.device_put(tokens, batch_sharding))
+
+    return {
+        "devices": jax.device_count(),
+        "mesh": dict(mesh.shape),
+        "full_param_bytes": int(full_bytes),
+        "init_output_bytes_per_device": int(memory.output_size_in_bytes),
+        "init_temp_bytes_per_device": int(memory.temp_size_in_bytes),
+        "weights": weights,
+        "forward_max_abs_diff": float(jnp.abs(np.asarray(sharded) - np.asarray(single)).max()),
+        "forward_max_abs_logit": float(jnp.abs(single).max()),
+        "logits_spec": str(sharded.sharding.spec),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(main()))

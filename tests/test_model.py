@@ -1,0 +1,146 @@
+"""The decoder's numerical contracts: cache == full forward, causality, packing, remat, z-loss."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from helpers import build, jit_forward, small_model_config
+from model.attention import KVCache
+from model.loss import cross_entropy
+from model.sharding import LOGICAL_RULES
+
+VARIANTS = {
+    "mqa": dict(num_kv_heads=1),
+    "gqa_qknorm_untied": dict(num_kv_heads=2, qk_norm=True, tie_embeddings=False),
+    "mha": dict(num_kv_heads=4),
+}
+
+
+def random_tokens(key, shape, cfg):
+    return jax.random.randint(jax.random.key(key), shape, 0, cfg.vocab_size)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_prefill_then_decode_matches_full_forward_for_ragged_prompts(variant):
+    cfg = small_model_config(**VARIANTS[variant])
+    graphdef, state = build(cfg)
+    prompt_lens = np.array([5, 9, 1])  # different lengths in one batch, right-padded to 9
+    steps, batch, padded = 6, 3, 9
+    sequences = np.asarray(random_tokens(1, (batch, padded + steps), cfg))
+
+    # Prefill: each row's prompt, padding marked with segment id 0.
+    prompt = np.where(np.arange(padded) < prompt_lens[:, None], sequences[:, :padded], 0)
+    segments = (np.arange(padded) < prompt_lens[:, None]).astype(np.int32)
+    positions = np.broadcast_to(np.arange(padded), (batch, padded))
+    cache = KVCache.init(cfg, batch, 32)
+    logits, cache = jit_forward(graphdef, state, prompt, positions, segments, cache)
+    cached = [logits[np.arange(batch), prompt_lens - 1]]
+
+    # Decode: one token per step, each row at its own position.
+    for step in range(steps):
+        pos = prompt_lens + step
+        token = sequences[np.arange(batch), pos][:, None]
+        logits, cache = jit_forward(graphdef, state, token, pos[:, None], np.ones((batch, 1), np.int32), cache)
+        cached.append(logits[:, 0])
+
+    for b in range(batch):
+        full_len = prompt_lens[b] + steps
+        row = sequences[b : b + 1, :full_len]
+        full_logits, _ = jit_forward(graphdef, state, row)
+        expected = full_logits[0, prompt_lens[b] - 1 : full_len]
+        got = jnp.stack([c[b] for c in cached])
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=f"row {b}")
+
+
+def test_changing_a_future_token_never_changes_earlier_logits():
+    cfg = small_model_config(num_kv_heads=2)
+    graphdef, state = build(cfg)
+    tokens = random_tokens(2, (2, 16), cfg)
+    base, _ = jit_forward(graphdef, state, tokens)
+    for t in (3, 10, 15):
+        changed = tokens.at[:, t].set((tokens[:, t] + 1) % cfg.vocab_size)
+        logits, _ = jit_forward(graphdef, state, changed)
+        np.testing.assert_array_equal(logits[:, :t], base[:, :t])
+        assert not np.allclose(logits[:, t], base[:, t]), "the changed token itself must change its logits"
+
+
+def test_packed_sequences_give_the_same_logits_as_each_run_alone():
+    cfg = small_model_config(num_kv_heads=2, qk_norm=True)
+    graphdef, state = build(cfg)
+    a, b = random_tokens(3, (1, 7), cfg), random_tokens(4, (1, 9), cfg)
+    packed = jnp.concatenate([a, b, jnp.zeros((1, 4), a.dtype)], axis=1)  # 7 + 9 + 4 padding = 20
+    positions = jnp.array([list(range(7)) + list(range(9)) + [0] * 4])
+    segments = jnp.array([[1] * 7 + [2] * 9 + [0] * 4])
+    logits, _ = jit_forward(graphdef, state, packed, positions, segments)
+    alone_a, _ = jit_forward(graphdef, state, a)
+    alone_b, _ = jit_forward(graphdef, state, b)
+    np.testing.assert_allclose(logits[:, :7], alone_a, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits[:, 7:16], alone_b, rtol=1e-5, atol=1e-5)
+
+
+def test_remat_policies_change_memory_not_gradients():
+    tokens = random_tokens(5, (2, 12), small_model_config())
+
+    def grads(policy):
+        cfg = small_model_config(remat_policy=policy)
+        graphdef, state = build(cfg)
+        params = nnx.state(nnx.merge(graphdef, state), nnx.Param)
+
+        def loss(params):
+            model = nnx.merge(graphdef, params)
+            logits, _ = model(tokens)
+            return cross_entropy(logits[:, :-1], tokens[:, 1:], jnp.ones((2, 11)))[0]
+
+        return jax.jit(jax.grad(loss))(params)
+
+    reference = grads("none")
+    for policy in ("full", "dots_saveable", "dots_with_no_batch_dims_saveable"):
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), grads(policy), reference)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_tracks_float32_logits():
+    cfg32 = small_model_config()
+    cfg16 = dataclasses.replace(cfg32, compute_dtype="bfloat16")
+    tokens = random_tokens(6, (2, 12), cfg32)
+    graphdef32, state = build(cfg32)
+    graphdef16, state16 = build(cfg16)
+    assert {x.dtype for x in jax.tree.leaves(state16)} == {jnp.dtype("float32")}
+    logits32, _ = jit_forward(graphdef32, state, tokens)
+    logits16, _ = jit_forward(graphdef16, state16, tokens)
+    assert logits16.dtype == jnp.float32
+    assert float(jnp.abs(logits16 - logits32).max()) < 0.1 * float(jnp.abs(logits32).max())
+
+
+def test_tied_model_has_no_output_matrix_and_untied_has_one():
+    tied = nnx.state(nnx.merge(*build(small_model_config(tie_embeddings=True))), nnx.Param)
+    untied = nnx.state(nnx.merge(*build(small_model_config(tie_embeddings=False))), nnx.Param)
+    assert "unembed_dv" not in tied and untied["unembed_dv"].get_value().shape == (64, 256)
+
+
+def test_z_loss_adds_weighted_mean_squared_log_normaliser():
+    logits = jax.random.normal(jax.random.key(0), (2, 5, 11)) * 3
+    targets = jax.random.randint(jax.random.key(1), (2, 5), 0, 11)
+    mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    plain, parts = cross_entropy(logits, targets, mask)
+    with_z, _ = cross_entropy(logits, targets, mask, z_loss_weight=0.5)
+
+    log_p = np.asarray(jax.nn.log_softmax(logits))
+    log_z = np.log(np.exp(np.asarray(logits, np.float64)).sum(-1))
+    picked = np.take_along_axis(log_p, np.asarray(targets)[..., None], -1)[..., 0]
+    m = np.asarray(mask, bool)
+    np.testing.assert_allclose(plain, -picked[m].mean(), rtol=1e-5)
+    np.testing.assert_allclose(parts["z_loss"], (log_z[m] ** 2).mean(), rtol=1e-5)
+    np.testing.assert_allclose(with_z, -picked[m].mean() + 0.5 * (log_z[m] ** 2).mean(), rtol=1e-5)
+
+
+def test_every_parameter_carries_logical_names_the_rules_table_knows():
+    known = {name for name, _ in LOGICAL_RULES}
+    state = build(small_model_config(qk_norm=True, tie_embeddings=False))[1]
+    for path, variable in jax.tree.leaves_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable)):
+        names = variable.get_metadata().get("out_sharding")
+        assert names is not None and len(names) == variable.get_value().ndim, path
+        assert set(names) <= known, (path, names)

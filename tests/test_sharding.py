@@ -1,0 +1,56 @@
+"""On 8 simulated CPU devices (data=2, fsdp=2, tensor=2): init into shards, weights split, same logits.
+
+The check runs in a subprocess (tests/sharded_check.py) so the rest of the suite keeps one device.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def facts():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
+    run = subprocess.run([sys.executable, str(TESTS / "sharded_check.py")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_mesh_is_data2_fsdp2_tensor2(facts):
+    assert facts["devices"] == 8 and facts["mesh"] == {"dcn_data": 1, "data": 2, "fsdp": 2, "tensor": 2}
+
+
+def test_parameters_are_initialised_into_shards_never_as_a_full_copy(facts):
+    full, out, temp = facts["full_param_bytes"], facts["init_output_bytes_per_device"], facts["init_temp_bytes_per_device"]
+    # fsdp x tensor split the weights 4 ways (data replicates); norms are small and replicated.
+    assert out < 0.3 * full, f"each device holds {out} of {full} parameter bytes"
+    assert out + temp < full, f"the initialiser's per-device peak ({out} + {temp}) is a full copy ({full})"
+
+
+def test_large_weights_are_really_split_as_their_logical_names_say(facts):
+    for name, w in facts["weights"].items():
+        assert w["spec"] == w["expected_spec"], name
+        assert w["devices_holding_a_shard"] == 8, name
+    expected_shards = {
+        "embedding/table_vd": [128, 64],  # vocab 256 / tensor, embed 128 / fsdp
+        "unembed_dv": [64, 128],
+        "blocks/attention/q_dnh": [2, 64, 2, 32],  # layers, embed / fsdp, heads / tensor, head_dim
+        "blocks/attention/o_nhd": [2, 2, 32, 64],
+        "blocks/mlp/gate_dm": [2, 64, 256],
+        "blocks/mlp/down_md": [2, 256, 64],
+    }
+    for name, shard_shape in expected_shards.items():
+        assert facts["weights"][name]["shard_shape"] == shard_shape, name
+
+
+def test_sharded_forward_equals_single_device_forward(facts):
+    assert facts["forward_max_abs_diff"] < 1e-5 * max(1.0, facts["forward_max_abs_logit"])
+    assert facts["logits_spec"] == "P(('data', 'fsdp'), None, 'tensor')"
