@@ -7,10 +7,12 @@ Every field can be overridden from the command line (see configs/cli.py).
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal, get_args
 
-ATTENTION_BACKENDS = ("xla", "cudnn")
-REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
-DTYPES = ("float32", "bfloat16", "float16")
+AttentionBackend = Literal["xla", "cudnn"]
+RematPolicy = Literal["none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"]
+DType = Literal["float32", "bfloat16", "float16"]
+ATTENTION_BACKENDS, REMAT_POLICIES, DTYPES = get_args(AttentionBackend), get_args(RematPolicy), get_args(DType)
 
 
 def _fail(field: str, message: str) -> None:
@@ -41,10 +43,10 @@ class ModelConfig:
     qk_norm: bool = False
     rope_base: float = 10_000.0
     norm_eps: float = 1e-6
-    param_dtype: str = "float32"
-    compute_dtype: str = "bfloat16"
-    remat_policy: str = "dots_saveable"
-    attention_backend: str = "xla"
+    param_dtype: DType = "float32"
+    compute_dtype: DType = "bfloat16"
+    remat_policy: RematPolicy = "dots_saveable"
+    attention_backend: AttentionBackend = "xla"
 
     def __post_init__(self):
         _check_positive("model", self, ("text_vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",

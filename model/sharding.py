@@ -54,15 +54,23 @@ def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     sizes = cfg.resolve(len(devices))
     shape = tuple(sizes[a] for a in MESH_AXES)
-    if sizes["dcn_data"] > 1:
-        # Slices talk over the slower data-centre network: only data parallelism crosses it.
-        granule = not hasattr(devices[0], "slice_index")
+    # Slices (or, without slice ids, hosts) talk over the slower data-centre network: only the
+    # dcn_data axis crosses it. With a single granule (one host, simulated devices) it is local.
+    by_process = not hasattr(devices[0], "slice_index")
+    granules = len({d.process_index if by_process else d.slice_index for d in devices})
+    if sizes["dcn_data"] > 1 and granules > 1:
+        if granules != sizes["dcn_data"]:
+            _fail_dcn(granules, sizes["dcn_data"], "processes" if by_process else "slices")
         device_array = mesh_utils.create_hybrid_device_mesh(
-            (1,) + shape[1:], (shape[0], 1, 1, 1), devices, process_is_granule=granule
+            (1,) + shape[1:], (shape[0], 1, 1, 1), devices, process_is_granule=by_process
         )
     else:
         device_array = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
     return Mesh(np.asarray(device_array), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def _fail_dcn(granules: int, dcn_data: int, what: str) -> None:
+    raise ValueError(f"config field `mesh.dcn_data`: {dcn_data}, but the devices span {granules} {what}")
 
 
 def state_shardings(abstract_state: nnx.State, mesh: Mesh):

@@ -54,7 +54,19 @@ def main() -> dict:
         batch_sharding = NamedSharding(mesh, logical_to_spec(("batch", "length")))
         sharded, _ = jax.jit(forward, static_argnums=0)(graphdef, state, jax.device_put(tokens, batch_sharding))
 
+    # 4. A mesh with a data axis across (simulated) slices: same parameters, same logits.
+    dcn_mesh = make_mesh(MeshConfig(dcn_data=2, data=1, fsdp=2, tensor=2))
+    _, dcn_state = init_sharded(make, dcn_mesh)
+    init_diff = max(float(jnp.abs(np.asarray(a) - np.asarray(b)).max())
+                    for a, b in zip(jax.tree.leaves(dcn_state), jax.tree.leaves(host_state)))
+    with jax.set_mesh(dcn_mesh):
+        dcn_tokens = jax.device_put(tokens, NamedSharding(dcn_mesh, logical_to_spec(("batch", "length"))))
+        dcn_logits, _ = jax.jit(forward, static_argnums=0)(graphdef, dcn_state, dcn_tokens)
+
     return {
+        "dcn_mesh": dict(dcn_mesh.shape),
+        "dcn_init_max_abs_diff": init_diff,
+        "dcn_forward_max_abs_diff": float(jnp.abs(np.asarray(dcn_logits) - np.asarray(single)).max()),
         "devices": jax.device_count(),
         "mesh": dict(mesh.shape),
         "full_param_bytes": int(full_bytes),

@@ -54,3 +54,9 @@ def test_large_weights_are_really_split_as_their_logical_names_say(facts):
 def test_sharded_forward_equals_single_device_forward(facts):
     assert facts["forward_max_abs_diff"] < 1e-5 * max(1.0, facts["forward_max_abs_logit"])
     assert facts["logits_spec"] == "P(('data', 'fsdp'), None, 'tensor')"
+
+
+def test_a_mesh_across_slices_initialises_the_same_parameters_and_logits(facts):
+    assert facts["dcn_mesh"] == {"dcn_data": 2, "data": 1, "fsdp": 2, "tensor": 2}
+    assert facts["dcn_init_max_abs_diff"] == 0.0, "initial values must not depend on the mesh"
+    assert facts["dcn_forward_max_abs_diff"] < 1e-5 * max(1.0, facts["forward_max_abs_logit"])
