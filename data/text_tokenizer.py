@@ -1,0 +1,67 @@
+"""Text <-> ids with SentencePiece: trained by the project on its corpus, or a user's `.model` file.
+
+Ids 0-9 are the control symbols every model here relies on; byte fallback means any text,
+in any script, encodes without `<unk>`.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Iterable
+
+import sentencepiece as spm
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+# Delimiters of image and audio runs, and chat turns: inserted by id, never produced from text.
+CONTROL = ("<boi>", "<eoi>", "<boa>", "<eoa>", "<start_of_turn>", "<end_of_turn>")
+
+
+class TextTokenizer:
+    def __init__(self, model_proto: bytes, source: str = "<bytes>"):
+        self.processor = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.model_proto = model_proto
+        missing = [s for s in (PAD, BOS, EOS, *CONTROL) if self.processor.piece_to_id(s) == self.processor.unk_id()]
+        if missing:
+            raise ValueError(f"SentencePiece model {source} lacks the control symbols {missing}; "
+                             f"train it with control_symbols={list(CONTROL)} and pad/bos/eos pieces {PAD} {BOS} {EOS}")
+        self.ids = {s: self.processor.piece_to_id(s) for s in (PAD, BOS, EOS, *CONTROL)}
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TextTokenizer":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no SentencePiece model at {path}")
+        return cls(path.read_bytes(), source=str(path))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(self.model_proto)
+
+    @property
+    def size(self) -> int:
+        return self.processor.get_piece_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.processor.encode(text)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.processor.decode(list(ids))
+
+
+def train_text_tokenizer(sentences: Iterable[str], vocab_size: int) -> TextTokenizer:
+    """BPE with byte fallback. `vocab_size` is an upper bound: a small corpus yields fewer pieces."""
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_writer=model,
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        model_type="bpe",
+        byte_fallback=True,
+        pad_id=0, bos_id=1, eos_id=2, unk_id=3,
+        pad_piece=PAD, bos_piece=BOS, eos_piece=EOS, unk_piece=UNK,
+        control_symbols=list(CONTROL),
+        minloglevel=2,
+    )
+    return TextTokenizer(model.getvalue(), source="<trained>")

@@ -1,0 +1,160 @@
+"""The unified vocabulary: one id space for text pieces, image codes and audio codes.
+
+    [0, T)            SentencePiece pieces (control symbols <bos> <eos> <boi> <eoi> <boa> <eoa> ... among them)
+    [T, T + I)        image codes
+    [T + I, T + I + A) audio codes
+    ... padded to a multiple of 128 (unused ids)
+
+A segment list such as [Text("Describe:"), Image(pixels), Text("a red circle")] encodes to ids, a
+loss mask (which positions the model is trained to produce) and a modality id per position, and
+decodes back. Image and audio runs are wrapped in <boi> ... <eoi> and <boa> ... <eoa>.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from configs.base import ModelConfig
+from data.text_tokenizer import BOS, EOS, TextTokenizer
+
+TEXT, IMAGE, AUDIO = 0, 1, 2
+MODALITY_NAMES = ("text", "image", "audio")
+
+
+class Codec(Protocol):
+    """What the vocabulary needs of a tokenizer: one example's signal <-> a flat run of codes."""
+
+    def encode(self, signal: np.ndarray) -> np.ndarray: ...
+
+    def decode(self, codes: np.ndarray) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Text:
+    text: str
+    loss: bool = True  # is the model trained to produce this segment?
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Image:
+    """Either pixels (uint8 [H, W, 3]) or codes (int [N]); decoding fills in both when it can."""
+
+    pixels: np.ndarray | None = None
+    codes: np.ndarray | None = None
+    loss: bool = True
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Audio:
+    """Either a waveform (float32, 16 kHz mono) or codes (int [N]); decoding fills in both when it can."""
+
+    waveform: np.ndarray | None = None
+    codes: np.ndarray | None = None
+    loss: bool = True
+
+
+Segment = Text | Image | Audio
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    ids: np.ndarray  # int32 [N]
+    loss_mask: np.ndarray  # bool [N]: positions whose token the model must produce
+    modality: np.ndarray  # int8 [N]: TEXT, IMAGE or AUDIO, by the id's range
+
+
+class Vocabulary:
+    def __init__(self, text: TextTokenizer, cfg: ModelConfig, image: Codec | None = None, audio: Codec | None = None):
+        if text.size > cfg.text_vocab_size:
+            raise ValueError(f"config field `model.text_vocab_size`: {cfg.text_vocab_size} is smaller than the "
+                             f"SentencePiece model's {text.size} pieces")
+        self.text, self.image, self.audio = text, image, audio
+        self.image_offset = cfg.text_vocab_size
+        self.audio_offset = cfg.text_vocab_size + cfg.image_vocab_size
+        self.image_codes, self.audio_codes = cfg.image_vocab_size, cfg.audio_vocab_size
+        self.size = cfg.vocab_size
+        self.ids = text.ids
+
+    # ---- encoding -------------------------------------------------------------------------
+    def encode(self, segments: Sequence[Segment], bos: bool = True, eos: bool = True) -> Encoded:
+        """<bos> segments... <eos>. The <eos> is trained when the last segment is; <bos> never is."""
+        ids: list[int] = [self.ids[BOS]] if bos else []
+        loss: list[bool] = [False] if bos else []
+        for segment in segments:
+            run = self._segment_ids(segment)
+            ids += run
+            loss += [segment.loss] * len(run)
+        if eos:
+            ids.append(self.ids[EOS])
+            loss.append(bool(segments) and segments[-1].loss)
+        ids_n = np.asarray(ids, np.int32)
+        return Encoded(ids_n, np.asarray(loss, bool), self.modality_of(ids_n))
+
+    def _segment_ids(self, segment: Segment) -> list[int]:
+        if isinstance(segment, Text):
+            return self.text.encode(segment.text)
+        if isinstance(segment, Image):
+            codes = self._codes(segment.codes, segment.pixels, self.image, self.image_codes, "image")
+            return [self.ids["<boi>"], *(codes + self.image_offset).tolist(), self.ids["<eoi>"]]
+        if isinstance(segment, Audio):
+            codes = self._codes(segment.codes, segment.waveform, self.audio, self.audio_codes, "audio")
+            return [self.ids["<boa>"], *(codes + self.audio_offset).tolist(), self.ids["<eoa>"]]
+        raise TypeError(f"not a segment: {type(segment).__name__} (expected Text, Image or Audio)")
+
+    @staticmethod
+    def _codes(codes, signal, codec: Codec | None, count: int, kind: str) -> np.ndarray:
+        if codes is None:
+            if signal is None:
+                raise ValueError(f"{kind} segment has neither codes nor a signal")
+            if codec is None:
+                raise ValueError(f"{kind} segment has a raw signal but this vocabulary has no {kind} tokenizer")
+            codes = codec.encode(signal)
+        codes = np.asarray(codes).reshape(-1).astype(np.int64)
+        if codes.size and (codes.min() < 0 or codes.max() >= count):
+            raise ValueError(f"{kind} codes must lie in [0, {count}); got [{codes.min()}, {codes.max()}]")
+        return codes
+
+    def modality_of(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids)
+        return np.where(ids >= self.audio_offset, AUDIO, np.where(ids >= self.image_offset, IMAGE, TEXT)).astype(np.int8)
+
+    # ---- decoding -------------------------------------------------------------------------
+    def decode(self, ids: Sequence[int]) -> list[Segment]:
+        """Ids back to segments; <bos>, <eos> and <pad> are dropped, unterminated runs are kept."""
+        ids = [int(i) for i in ids]
+        skip = {self.ids[BOS], self.ids[EOS], self.ids["<pad>"]}
+        opens = {self.ids["<boi>"]: (self.ids["<eoi>"], IMAGE), self.ids["<boa>"]: (self.ids["<eoa>"], AUDIO)}
+        segments: list[Segment] = []
+        text_run: list[int] = []
+        i = 0
+        while i < len(ids):
+            token = ids[i]
+            if token in opens:
+                if text_run:
+                    segments.append(Text(self.text.decode(text_run)))
+                    text_run = []
+                close, modality = opens[token]
+                end = i + 1
+                while end < len(ids) and ids[end] != close:
+                    end += 1
+                segments.append(self._media(np.asarray(ids[i + 1 : end]), modality))
+                i = end + 1
+            else:
+                if token not in skip:
+                    text_run.append(token)
+                i += 1
+        if text_run:
+            segments.append(Text(self.text.decode(text_run)))
+        return segments
+
+    def _media(self, run: np.ndarray, modality: int) -> Segment:
+        if modality == IMAGE:
+            codes = run[(run >= self.image_offset) & (run < self.audio_offset)] - self.image_offset
+            pixels = self.image.decode(codes) if self.image is not None and codes.size else None
+            return Image(pixels=pixels, codes=codes)
+        codes = run[(run >= self.audio_offset) & (run < self.audio_offset + self.audio_codes)] - self.audio_offset
+        waveform = self.audio.decode(codes) if self.audio is not None and codes.size else None
+        return Audio(waveform=waveform, codes=codes)

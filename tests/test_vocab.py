@@ -1,0 +1,73 @@
+"""The unified vocabulary: segments round-trip exactly; masks and modalities are per position."""
+
+import io
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+
+from configs import get_config
+from data.text_tokenizer import CONTROL, TextTokenizer, train_text_tokenizer
+from data.vocab import AUDIO, IMAGE, TEXT, Audio, Image, Text, Vocabulary
+
+CORPUS = [f"a {size} {colour} {shape} in the {pos}" for size in ("small", "large")
+          for colour in ("red", "green", "blue") for shape in ("circle", "square") for pos in ("top left", "bottom right")]
+CORPUS += [f"the tones were {a} {b} #" for a in range(10) for b in range(10)]
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    return Vocabulary(train_text_tokenizer(CORPUS * 5, vocab_size=300), get_config("tiny").model)
+
+
+def test_control_symbols_have_fixed_low_ids(vocab):
+    assert [vocab.ids[s] for s in ("<pad>", "<bos>", "<eos>")] == [0, 1, 2]
+    assert sorted(vocab.ids[s] for s in CONTROL) == list(range(4, 4 + len(CONTROL)))
+
+
+def test_text_and_codes_round_trip_exactly(vocab):
+    image_codes = np.arange(64) * 15 % 1000
+    audio_codes = np.array([0, 999, 5, 17, 500])
+    segments = [Text("Describe:"), Image(codes=image_codes), Text("a small red circle — 日本"),
+                Audio(codes=audio_codes), Text("the tones were 1 5 #")]
+    decoded = vocab.decode(vocab.encode(segments).ids)
+    assert [type(s) for s in decoded] == [Text, Image, Text, Audio, Text]
+    assert decoded[0].text == "Describe:" and decoded[2].text == "a small red circle — 日本"
+    assert decoded[4].text == "the tones were 1 5 #"
+    np.testing.assert_array_equal(decoded[1].codes, image_codes)
+    np.testing.assert_array_equal(decoded[3].codes, audio_codes)
+
+
+def test_loss_mask_and_modality_follow_the_segments(vocab):
+    encoded = vocab.encode([Text("Describe:", loss=False), Image(codes=np.zeros(64, int), loss=False),
+                            Text("a red circle")])
+    ids, loss, modality = encoded.ids, encoded.loss_mask, encoded.modality
+    boi, eoi = list(ids).index(vocab.ids["<boi>"]), list(ids).index(vocab.ids["<eoi>"])
+    assert eoi - boi == 65 and ids[0] == vocab.ids["<bos>"] and ids[-1] == vocab.ids["<eos>"]
+    assert not loss[: eoi + 1].any() and loss[eoi + 1 :].all()  # the answer and its <eos> are trained
+    assert (modality[boi + 1 : eoi] == IMAGE).all() and modality[boi] == TEXT and modality[eoi] == TEXT
+    audio = vocab.encode([Audio(codes=np.array([3, 4]))])
+    assert list(audio.modality) == [TEXT, TEXT, AUDIO, AUDIO, TEXT, TEXT]
+    assert audio.ids[2] == vocab.audio_offset + 3 and audio.ids.max() < vocab.size
+
+
+def test_codes_out_of_range_or_missing_tokenizer_are_named(vocab):
+    with pytest.raises(ValueError, match=r"image codes must lie in \[0, 1000\)"):
+        vocab.encode([Image(codes=np.array([1000]))])
+    with pytest.raises(ValueError, match="no audio tokenizer"):
+        vocab.encode([Audio(waveform=np.zeros(16000, np.float32))])
+
+
+def test_a_user_model_without_our_control_symbols_is_refused():
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS * 5), model_writer=model, vocab_size=60,
+                                   hard_vocab_limit=False, minloglevel=2)
+    with pytest.raises(ValueError, match="lacks the control symbols"):
+        TextTokenizer(model.getvalue())
+
+
+def test_a_text_vocabulary_larger_than_the_config_range_is_refused():
+    import dataclasses
+    small = dataclasses.replace(get_config("tiny").model, text_vocab_size=100)
+    with pytest.raises(ValueError, match="model.text_vocab_size"):
+        Vocabulary(train_text_tokenizer(CORPUS * 5, vocab_size=300), small)
