@@ -18,10 +18,8 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from configs.base import ModelConfig
+from data.segments import AUDIO, IMAGE, TEXT, Audio, Image, Segment, Text
 from data.text_tokenizer import BOS, EOS, TextTokenizer
-
-TEXT, IMAGE, AUDIO = 0, 1, 2
-MODALITY_NAMES = ("text", "image", "audio")
 
 
 class Codec(Protocol):
@@ -32,31 +30,6 @@ class Codec(Protocol):
     def decode(self, codes: np.ndarray) -> np.ndarray: ...
 
 
-@dataclasses.dataclass(frozen=True)
-class Text:
-    text: str
-    loss: bool = True  # is the model trained to produce this segment?
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Image:
-    """Either pixels (uint8 [H, W, 3]) or codes (int [N]); decoding fills in both when it can."""
-
-    pixels: np.ndarray | None = None
-    codes: np.ndarray | None = None
-    loss: bool = True
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Audio:
-    """Either a waveform (float32, 16 kHz mono) or codes (int [N]); decoding fills in both when it can."""
-
-    waveform: np.ndarray | None = None
-    codes: np.ndarray | None = None
-    loss: bool = True
-
-
-Segment = Text | Image | Audio
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from data.segments import Audio, Image, Segment, Text
+
 IMAGE_SIZE = 32
 SAMPLE_RATE = 16000
 CLIP_SECONDS = 1.0  # every clip has exactly this length: a fixed number of audio tokens
@@ -45,7 +47,6 @@ KEYPAD = ("123A", "456B", "789C", "*0#D")
 SYMBOLS = "".join(KEYPAD)
 _KEY_HZ = {key: (ROW_HZ[r], COL_HZ[c]) for r, row in enumerate(KEYPAD) for c, key in enumerate(row)}
 
-Segment = tuple[str, object]  # ("text", str) | ("image", uint8 [32, 32, 3]) | ("audio", float32 [n])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,11 +208,11 @@ def detect_dtmf(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> str:
 def _merge_text(segments: list[Segment]) -> list[Segment]:
     """Adjacent text segments joined by a space: a document alternates text and media."""
     merged: list[Segment] = []
-    for kind, value in segments:
-        if kind == "text" and merged and merged[-1][0] == "text":
-            merged[-1] = ("text", f"{merged[-1][1]} {value}")
+    for segment in segments:
+        if isinstance(segment, Text) and merged and isinstance(merged[-1], Text):
+            merged[-1] = Text(f"{merged[-1].text} {segment.text}")
         else:
-            merged.append((kind, value))
+            merged.append(segment)
     return merged
 
 
@@ -223,14 +224,14 @@ def _document_item(rng: np.random.Generator, medium: str, split: str) -> list[Se
         image, words = render_image(rng, *attributes), caption(*attributes)
         if describe:
             intro = _pick(rng, ("Here is a picture:", "Look at this:"))
-            return [("text", intro), ("image", image), ("text", f"It shows {words}.")]
-        return [("text", f"{_pick(rng, ('A picture of', 'Draw'))} {words}:"), ("image", image)]
+            return [Text(intro), Image(pixels=image), Text(f"It shows {words}.")]
+        return [Text(f"{_pick(rng, ('A picture of', 'Draw'))} {words}:"), Image(pixels=image)]
     symbols = sample_symbols(rng)
     audio, spoken = render_dtmf(rng, symbols), " ".join(symbols)
     if describe:
         intro = _pick(rng, ("Here is a sound:", "Listen:"))
-        return [("text", intro), ("audio", audio), ("text", f"The tones were {spoken}.")]
-    return [("text", f"{_pick(rng, ('The sound of tones', 'Play tones'))} {spoken}:"), ("audio", audio)]
+        return [Text(intro), Audio(waveform=audio), Text(f"The tones were {spoken}.")]
+    return [Text(f"{_pick(rng, ('The sound of tones', 'Play tones'))} {spoken}:"), Audio(waveform=audio)]
 
 
 def sample_example(rng: np.random.Generator, kind: str, split: str) -> list[Segment]:
@@ -241,12 +242,12 @@ def sample_example(rng: np.random.Generator, kind: str, split: str) -> list[Segm
     """
     if kind == "caption":
         attributes = sample_attributes(rng, split)
-        return [("image", render_image(rng, *attributes)), ("text", caption(*attributes))]
+        return [Image(pixels=render_image(rng, *attributes)), Text(caption(*attributes))]
     if kind == "audio":
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         symbols = sample_symbols(rng)
-        return [("audio", render_dtmf(rng, symbols)), ("text", transcript(symbols))]
+        return [Audio(waveform=render_dtmf(rng, symbols)), Text(transcript(symbols))]
     if kind == "document":
         media = ["image", "audio"] + ([_pick(rng, ("image", "audio"))] if rng.random() < 0.5 else [])
         rng.shuffle(media)

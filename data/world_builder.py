@@ -4,7 +4,7 @@ Only `Tensor` and `Text` features: tfds's `Image` and `Audio` features need Tens
 this project never imports. A record flattens an example's segment list into parallel fields:
 
     kind           str                  "caption" | "audio" | "document"
-    modalities     int32 [S]            per segment: 0 text, 1 image, 2 audio (MODALITIES)
+    modalities     int32 [S]            per segment: 0 text, 1 image, 2 audio (data.segments)
     texts          str [T]              the text segments, in order
     images         uint8 [I, 32, 32, 3] the image segments, in order
     audio          int16 [sum(lengths)] the audio segments' 16 kHz PCM, concatenated
@@ -22,36 +22,38 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data import world
-
-MODALITIES = ("text", "image", "audio")
+from data.segments import AUDIO, IMAGE, TEXT, Audio, Image, Segment, Text
 # Pixels and PCM as raw bytes, not one proto int per value: 4x faster to build, 2x to read. (ArrayRecord
 # already compresses, so zlib on top gains nothing.)
 RAW = tfds.features.Encoding.BYTES
 DEFAULT_SIZES = {"train": 20_000, "validation": 1_000, "compositional": 1_000}
 
 
-def encode_segments(kind: str, segments: list[world.Segment]) -> dict[str, object]:
+def encode_segments(kind: str, segments: list[Segment]) -> dict[str, object]:
     """One record's fields; audio is stored as int16 PCM (half the bytes, inaudible loss)."""
-    by = {m: [value for modality, value in segments if modality == m] for m in MODALITIES}
+    texts = [s.text for s in segments if isinstance(s, Text)]
+    images = [s.pixels for s in segments if isinstance(s, Image)]
+    clips = [s.waveform for s in segments if isinstance(s, Audio)]
     size = world.IMAGE_SIZE
     return {
         "kind": kind,
-        "modalities": np.array([MODALITIES.index(m) for m, _ in segments], np.int32),
-        "texts": np.array(by["text"], dtype=object),
-        "images": np.stack(by["image"]) if by["image"] else np.zeros((0, size, size, 3), np.uint8),
-        "audio": np.round(np.concatenate([np.zeros(0, np.float32), *by["audio"]]) * 32767).astype(np.int16),
-        "audio_lengths": np.array([len(a) for a in by["audio"]], np.int32),
+        "modalities": np.array([s.modality for s in segments], np.int32),
+        "texts": np.array(texts, dtype=object),
+        "images": np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
+        "audio": np.round(np.concatenate([np.zeros(0, np.float32), *clips]) * 32767).astype(np.int16),
+        "audio_lengths": np.array([len(a) for a in clips], np.int32),
     }
 
 
-def decode_segments(record: dict) -> list[world.Segment]:
+def decode_segments(record: dict) -> list[Segment]:
     """A record, as the data source reads it, back to the segment list (audio as float32)."""
-    texts = iter(t.decode() if isinstance(t, bytes) else str(t) for t in record["texts"])
-    images = iter(record["images"])
+    texts = iter(Text(t.decode() if isinstance(t, bytes) else str(t)) for t in record["texts"])
+    images = iter(Image(pixels=np.asarray(p)) for p in record["images"])
     ends = np.cumsum(record["audio_lengths"])
-    clips = iter(np.split(np.asarray(record["audio"], np.float32) / 32767, ends[:-1]) if len(ends) else [])
-    sources = {"text": texts, "image": images, "audio": clips}
-    return [(MODALITIES[m], next(sources[MODALITIES[m]])) for m in record["modalities"]]
+    pcm = np.split(np.asarray(record["audio"], np.float32) / 32767, ends[:-1]) if len(ends) else []
+    clips = iter(Audio(waveform=w) for w in pcm)
+    sources = {TEXT: texts, IMAGE: images, AUDIO: clips}
+    return [next(sources[m]) for m in record["modalities"]]
 
 
 @dataclasses.dataclass(eq=False)

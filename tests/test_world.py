@@ -8,11 +8,18 @@ import numpy as np
 import pytest
 
 from data import world
+from data.segments import MODALITY_NAMES, Text, payload
+
+
+def pairs(segments):
+    """(modality name, signal) per segment, for compact assertions."""
+    return [(MODALITY_NAMES[s.modality], payload(s)) for s in segments]
 
 CAPTION_RE = re.compile(r"a (small|large) (\w+) (\w+) in the (\w+ \w+)")
 
 
 def assert_same_segments(got, want):
+    got, want = pairs(got), pairs(want)
     assert [m for m, _ in got] == [m for m, _ in want]
     for (modality, a), (_, b) in zip(got, want):
         if modality == "text":
@@ -23,7 +30,7 @@ def assert_same_segments(got, want):
 
 def shape_colour_pairs(segments):
     """(shape, colour) of every caption in an example's text."""
-    text = " ".join(value for modality, value in segments if modality == "text")
+    text = " ".join(s.text for s in segments if isinstance(s, Text))
     return {(shape, colour) for _, colour, shape, _ in CAPTION_RE.findall(text)}
 
 
@@ -36,11 +43,11 @@ def test_same_seed_and_index_give_identical_examples_and_other_indices_differ(sp
         assert_same_segments(world.make_example(7, split, index)[1], segments)
         kind_next, other = world.make_example(7, split, index + len(kinds))
         assert kind_next == kind
-        media = [v for m, v in segments if m != "text"]
-        other_media = [v for m, v in other if m != "text"]
+        media = [v for m, v in pairs(segments) if m != "text"]
+        other_media = [v for m, v in pairs(other) if m != "text"]
         assert not any(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(media, other_media))
     other_seed = world.make_example(8, split, 0)[1]
-    assert not np.array_equal(other_seed[0][1], world.make_example(7, split, 0)[1][0][1])
+    assert not np.array_equal(payload(other_seed[0]), payload(world.make_example(7, split, 0)[1][0]))
 
 
 def test_held_out_pairs_never_appear_in_train_or_validation_and_only_they_in_compositional():
@@ -87,11 +94,11 @@ def test_dtmf_clips_decode_back_to_their_keys():
 
 def test_examples_have_the_promised_segment_layout():
     rng = np.random.default_rng(2)
-    assert [m for m, _ in world.sample_example(rng, "caption", "train")] == ["image", "text"]
-    kind, text = world.sample_example(rng, "audio", "validation")[1]
+    assert [m for m, _ in pairs(world.sample_example(rng, "caption", "train"))] == ["image", "text"]
+    kind, text = pairs(world.sample_example(rng, "audio", "validation"))[1]
     assert kind == "text" and text.startswith("tones ")
     for _ in range(20):
-        modalities = [m for m, _ in world.sample_example(rng, "document", "train")]
+        modalities = [m for m, _ in pairs(world.sample_example(rng, "document", "train"))]
         assert "image" in modalities and "audio" in modalities
         assert all(a != "text" or b != "text" for a, b in zip(modalities, modalities[1:]))
 

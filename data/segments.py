@@ -1,0 +1,50 @@
+"""The segments a multimodal example is made of: text, an image, a sound.
+
+The world generates them, the vocabulary encodes them to ids (and decodes ids back to them),
+the input pipeline's templates mark which ones the model is trained to produce (`loss`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import numpy as np
+
+TEXT, IMAGE, AUDIO = 0, 1, 2
+MODALITY_NAMES = ("text", "image", "audio")
+
+
+@dataclasses.dataclass(frozen=True)
+class Text:
+    text: str
+    loss: bool = True  # is the model trained to produce this segment?
+    modality: ClassVar[int] = TEXT
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Image:
+    """Pixels (uint8 [H, W, 3]) or codes (int [N]) or both; decoding fills in what it can."""
+
+    pixels: np.ndarray | None = None
+    codes: np.ndarray | None = None
+    loss: bool = True
+    modality: ClassVar[int] = IMAGE
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Audio:
+    """A waveform (float32, 16 kHz mono) or codes (int [N]) or both; decoding fills in what it can."""
+
+    waveform: np.ndarray | None = None
+    codes: np.ndarray | None = None
+    loss: bool = True
+    modality: ClassVar[int] = AUDIO
+
+
+Segment = Text | Image | Audio
+
+
+def payload(segment: Segment):
+    """The signal a segment carries: its text, pixels or waveform."""
+    return {TEXT: lambda s: s.text, IMAGE: lambda s: s.pixels, AUDIO: lambda s: s.waveform}[segment.modality](segment)
