@@ -23,7 +23,7 @@ PROMPT_LEN, NEW_TOKENS = 16, 32
 
 
 def main() -> None:
-    cfg = parse(prog="serve.py")
+    cfg, _ = parse(prog="serve.py")
     slots, cache_len = cfg.serve.slots, cfg.serve.max_cache_len
     mesh = make_mesh(cfg.mesh)
     print(f"preset {cfg.name}: {slots} slots x {cache_len} positions = "

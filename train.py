@@ -22,7 +22,7 @@ from model.transformer import forward, init_model
 
 
 def main() -> None:
-    cfg = parse(prog="train.py")
+    cfg, _ = parse(prog="train.py")
     mesh = make_mesh(cfg.mesh)
     print(f"preset {cfg.name}: {counted_params(cfg.model):,} parameters, "
           f"{train_flops_per_token(cfg.model, cfg.data.seq_len):,} training FLOPs/token, mesh {dict(mesh.shape)}")

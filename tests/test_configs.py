@@ -80,7 +80,7 @@ def test_sequence_longer_than_the_model_context_is_refused():
 
 
 def test_command_line_overrides_any_field_of_the_chosen_preset():
-    cfg = parse(["--config", "nano1", "--model.num-layers", "3", "--mesh.tensor", "2", "--train.learning-rate", "0.01",
+    cfg, _ = parse(["--config", "nano1", "--model.num-layers", "3", "--mesh.tensor", "2", "--train.learning-rate", "0.01",
                  "--model.no-tie-embeddings"])
     assert cfg.name == "nano1" and cfg.model.num_layers == 3 and cfg.model.d_model == 2048
     assert cfg.mesh.tensor == 2 and cfg.train.learning_rate == 0.01 and not cfg.model.tie_embeddings
@@ -100,3 +100,9 @@ def test_python_m_configs_prints_a_row_per_preset_with_counted_and_formula_param
     for preset in PRESETS:
         row = next(line for line in text.splitlines() if line.startswith(f"| {preset} |"))
         assert "| exact |" in row and f"{counted_params(get_config(preset).model):,}" in row
+
+
+def test_a_script_declares_its_own_flags_beside_the_config():
+    cfg, flags = parse(["--workdir", "/tmp/x", "--config", "tiny", "--model.num-layers", "2"],
+                       flags={"--workdir": dict(default="runs/tiny", help="where everything goes")})
+    assert flags.workdir == "/tmp/x" and cfg.model.num_layers == 2
