@@ -1,0 +1,583 @@
+"""The audio tokenizer: waveform -> log-mel -> 1-D conv encoder -> FSQ -> conv decoder -> log-mel
+-> Griffin-Lim -> waveform.
+
+16 kHz mono becomes a log-mel spectrogram with a 10 ms hop (100 frames a second); the encoder
+halves time twice, so a second of audio is 25 codes in [0, prod(levels)). The decoder predicts
+the log-mel back; a waveform comes from the mel by inverting the filterbank (least squares, kept
+non-negative) and recovering a phase by Griffin-Lim. Nothing in the back end is learned, so it can
+be checked on true spectrograms apart from the network.
+
+FSQ (model/quantizers.py) needs no codebook loss: training is log-mel reconstruction alone (L1 plus
+squared error).
+Like the image tokenizer, time resolution changes are space-to-depth around a 1x1 conv.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import math
+import time
+import wave
+from typing import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from data.world import detect_dtmf, render_dtmf, sample_symbols
+from model.layers import param
+from model.quantizers import FSQ
+from model.sharding import constrain
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioTokenizerConfig:
+    """Front end, network shape and training stage. `channels[i]` is the width after i halvings of time.
+
+    The defaults are the CPU world's tokenizer (~0.5M parameters, about half a minute of training
+    on two cores); `tiny` is for shape tests, `for_scale` the accelerator-sized one.
+    """
+
+    # front end: 16 kHz, 25 ms Hann window zero-padded to 512, 10 ms hop, 80 HTK-mel bands
+    sample_rate: int = 16000
+    hop: int = 160
+    window: int = 400
+    n_fft: int = 512
+    n_mels: int = 80
+    f_min: float = 0.0
+    f_max: float = 8000.0
+    log_floor: float = 3e-2  # log(mel + floor): ~70 dB below a full-scale tone's band
+    log_mel_center: float = -2.5  # fixed affine normalisation of the network's input and output
+    log_mel_scale: float = 2.5
+    # network
+    downsample: int = 4
+    levels: tuple[int, ...] = (8, 5, 5, 5)
+    channels: tuple[int, ...] = (64, 128, 128)
+    res_blocks: tuple[int, ...] = (0, 0, 2)  # residual blocks per resolution, encoder and decoder each
+    kernel: int = 3
+    # back end
+    mel_inverse_iters: int = 100  # multiplicative (non-negative least squares) refinements of the pinv
+    griffin_lim_iters: int = 64
+    griffin_lim_momentum: float = 0.99  # "fast Griffin-Lim" (Perraudin et al. 2013)
+    # training
+    batch_size: int = 32
+    learning_rate: float = 6e-3
+    warmup_steps: int = 30
+    steps: int = 1000
+    l2_weight: float = 1.0  # added to the L1: squared error leans on the tone peaks, where the errors are large
+    # inputs from the outside world: the longest clip `prepare_audio` accepts for this tokenizer's callers
+    max_seconds: float = 30.0
+
+    def __post_init__(self):
+        stages = int(round(math.log2(self.downsample)))
+        if 2**stages != self.downsample:
+            raise ValueError(f"config field `downsample`: must be a power of two, got {self.downsample}")
+        if len(self.channels) != stages + 1 or len(self.res_blocks) != stages + 1:
+            raise ValueError(
+                f"config fields `channels`/`res_blocks`: need one entry per resolution ({stages + 1} for "
+                f"downsample={self.downsample}), got {self.channels} / {self.res_blocks}"
+            )
+        if not self.hop <= self.window <= self.n_fft or (self.n_fft - self.hop) % 2 or (self.n_fft - self.window) % 2:
+            raise ValueError(
+                f"config fields `hop`/`window`/`n_fft`: need hop <= window <= n_fft with even differences, "
+                f"got {self.hop}/{self.window}/{self.n_fft}"
+            )
+        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
+            raise ValueError(
+                f"config fields `f_min`/`f_max`: need 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}/{self.f_max}"
+            )
+        FSQ(self.levels)  # validates the levels
+        empty = int(np.sum(mel_filterbank(self).sum(axis=1) == 0))
+        if empty:
+            raise ValueError(
+                f"config fields `n_mels`/`n_fft`: {empty} of the {self.n_mels} mel bands fall between FFT bins "
+                f"({self.sample_rate / self.n_fft:.1f} Hz apart); use fewer mel bands or a larger n_fft"
+            )
+
+    @property
+    def samples_per_token(self) -> int:
+        return self.hop * self.downsample
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.sample_rate / self.samples_per_token
+
+    @property
+    def codebook_size(self) -> int:
+        return FSQ(self.levels).codebook_size
+
+    @classmethod
+    def tiny(cls) -> "AudioTokenizerConfig":
+        """A ~12k-parameter tokenizer for shape tests."""
+        return cls(channels=(8, 16, 16), res_blocks=(0, 1, 1), batch_size=4, griffin_lim_iters=4)
+
+    @classmethod
+    def for_scale(cls) -> "AudioTokenizerConfig":
+        """25 tokens/s over (8,8,8,6,5) = 15,360 codes, wider and deeper (~35M parameters)."""
+        return cls(
+            levels=(8, 8, 8, 6, 5), channels=(256, 512, 512), res_blocks=(1, 2, 4), kernel=5,
+            griffin_lim_iters=64, batch_size=256, learning_rate=1e-3, warmup_steps=1000, steps=200_000,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The signal path: STFT, mel filterbank, Griffin-Lim (no parameters)
+
+
+def _hz_to_mel(hz):
+    return 2595.0 * np.log10(1.0 + np.asarray(hz, np.float64) / 700.0)
+
+
+def _mel_to_hz(mel):
+    return 700.0 * (10.0 ** (np.asarray(mel, np.float64) / 2595.0) - 1.0)
+
+
+def mel_filterbank(cfg: AudioTokenizerConfig) -> np.ndarray:
+    """HTK-mel triangles [n_mels, n_fft // 2 + 1], each peaking at 1 on its centre frequency."""
+    hz_f = np.arange(cfg.n_fft // 2 + 1) * cfg.sample_rate / cfg.n_fft
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(cfg.f_min), _hz_to_mel(cfg.f_max), cfg.n_mels + 2))
+    low_m, centre_m, high_m = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising_mf = (hz_f - low_m) / (centre_m - low_m)
+    falling_mf = (high_m - hz_f) / (high_m - centre_m)
+    return np.maximum(0.0, np.minimum(rising_mf, falling_mf)).astype(np.float32)
+
+
+def _window(cfg: AudioTokenizerConfig) -> np.ndarray:
+    """A periodic Hann window of `window` samples, centred in `n_fft`."""
+    hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(cfg.window) / cfg.window)
+    start = (cfg.n_fft - cfg.window) // 2
+    out = np.zeros(cfg.n_fft, np.float32)
+    out[start : start + cfg.window] = hann
+    return out
+
+
+def _frame_index(cfg: AudioTokenizerConfig, num_frames: int) -> np.ndarray:
+    return np.arange(num_frames)[:, None] * cfg.hop + np.arange(cfg.n_fft)
+
+
+def stft(waveform_bn: jax.Array, cfg: AudioTokenizerConfig) -> jax.Array:
+    """[B, N] -> complex [B, N // hop, n_fft // 2 + 1]. Frame t is centred on samples
+    [t * hop, (t + 1) * hop) (zero padding at both ends), so a clip of N samples has N / hop frames."""
+    pad = (cfg.n_fft - cfg.hop) // 2
+    padded_bn = jnp.pad(waveform_bn, ((0, 0), (pad, pad)))
+    frames_btn = padded_bn[:, _frame_index(cfg, waveform_bn.shape[-1] // cfg.hop)]
+    return jnp.fft.rfft(frames_btn * _window(cfg), axis=-1)
+
+
+def istft(spectrum_btf: jax.Array, cfg: AudioTokenizerConfig, num_samples: int) -> jax.Array:
+    """The least-squares inverse of `stft`: windowed overlap-add over the summed squared window."""
+    batch, num_frames = spectrum_btf.shape[:2]
+    pad = (cfg.n_fft - cfg.hop) // 2
+    frames_btn = jnp.fft.irfft(spectrum_btf, n=cfg.n_fft, axis=-1) * _window(cfg)
+    index = _frame_index(cfg, num_frames).ravel()
+    length = num_frames * cfg.hop + 2 * pad
+    summed_bn = jnp.zeros((batch, length), frames_btn.dtype).at[:, index].add(frames_btn.reshape(batch, -1))
+    window_power_n = np.zeros(length, np.float64)
+    np.add.at(window_power_n, index, np.tile(_window(cfg).astype(np.float64) ** 2, num_frames))
+    waveform_bn = summed_bn / np.maximum(window_power_n, 1e-3).astype(np.float32)
+    return waveform_bn[:, pad : pad + num_samples]
+
+
+def log_mel(waveform_bn: jax.Array, cfg: AudioTokenizerConfig) -> jax.Array:
+    """float waveform [B, N] (or [N]) -> log(mel magnitude + floor) [B, N // hop, n_mels]."""
+    waveform_bn = jnp.asarray(waveform_bn, jnp.float32)
+    if waveform_bn.ndim == 1:
+        waveform_bn = waveform_bn[None]
+    magnitude_btf = jnp.abs(stft(waveform_bn, cfg))
+    mel_btm = jnp.einsum("btf,mf->btm", magnitude_btf, mel_filterbank(cfg))
+    return jnp.log(mel_btm + cfg.log_floor)
+
+
+def mel_to_magnitude(log_mel_btm: jax.Array, cfg: AudioTokenizerConfig) -> jax.Array:
+    """Log-mel -> linear STFT magnitude [B, T, n_fft // 2 + 1]: the filterbank's pseudo-inverse,
+    clipped at zero, then multiplicative NNLS updates (Lee & Seung) that keep it non-negative and
+    pull energy back onto the bins that explain the mel (sharper tones than the pinv alone)."""
+    fb_mf = mel_filterbank(cfg)
+    mel_btm = jnp.maximum(jnp.exp(log_mel_btm) - cfg.log_floor, 0.0)
+    magnitude_btf = jnp.maximum(jnp.einsum("btm,fm->btf", mel_btm, np.linalg.pinv(fb_mf)), 1e-6)
+    target_btf = jnp.einsum("btm,mf->btf", mel_btm, fb_mf)
+    gram_ff = fb_mf.T @ fb_mf
+
+    def refine(_, magnitude_btf):
+        return magnitude_btf * target_btf / jnp.maximum(jnp.einsum("btf,fg->btg", magnitude_btf, gram_ff), 1e-9)
+
+    return jax.lax.fori_loop(0, cfg.mel_inverse_iters, refine, magnitude_btf)
+
+
+def griffin_lim(magnitude_btf: jax.Array, cfg: AudioTokenizerConfig, num_samples: int, seed: int = 0) -> jax.Array:
+    """A waveform [B, num_samples] whose STFT magnitude approaches `magnitude_btf`: alternate
+    projections between consistent spectrograms and the given magnitude, with momentum."""
+    phase_btf = jax.random.uniform(jax.random.key(seed), magnitude_btf.shape, jnp.float32, 0.0, 2 * np.pi)
+    spectrum_btf = magnitude_btf * jnp.exp(1j * phase_btf)
+    momentum = cfg.griffin_lim_momentum / (1 + cfg.griffin_lim_momentum)
+
+    def iterate(_, carry):
+        spectrum_btf, previous_btf = carry
+        rebuilt_btf = stft(istft(spectrum_btf, cfg, num_samples), cfg)
+        accelerated_btf = rebuilt_btf - momentum * previous_btf
+        spectrum_btf = magnitude_btf * accelerated_btf / jnp.maximum(jnp.abs(accelerated_btf), 1e-8)
+        return spectrum_btf, rebuilt_btf
+
+    spectrum_btf, _ = jax.lax.fori_loop(0, cfg.griffin_lim_iters, iterate, (spectrum_btf, spectrum_btf))
+    return istft(spectrum_btf, cfg, num_samples)
+
+
+def mel_to_waveform(log_mel_btm: jax.Array, cfg: AudioTokenizerConfig) -> jax.Array:
+    """Log-mel [B, T, n_mels] -> float32 waveform [B, T * hop], peak-limited to [-1, 1]."""
+    magnitude_btf = mel_to_magnitude(log_mel_btm, cfg)
+    waveform_bn = griffin_lim(magnitude_btf, cfg, log_mel_btm.shape[1] * cfg.hop)
+    return jnp.clip(waveform_bn, -1.0, 1.0).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# The network
+
+
+class Conv1D(nnx.Module):
+    """A SAME-padded [B, T, C] conv. Kernels are replicated (names None), as in the image tokenizer."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, rngs: nnx.Rngs, scale: float = 1.0):
+        std = scale * (kernel * in_ch) ** -0.5
+        self.kernel_wio = param(rngs, (kernel, in_ch, out_ch), (None, None, None), std, jnp.float32)
+        self.bias_o = nnx.Param(jnp.zeros((out_ch,), jnp.float32), out_sharding=(None,), eager_sharding=False)
+
+    def __call__(self, x_btc: jax.Array) -> jax.Array:
+        y_btc = jax.lax.conv_general_dilated(
+            x_btc, self.kernel_wio[...], (1,), "SAME", dimension_numbers=("NWC", "WIO", "NWC")
+        )
+        return y_btc + self.bias_o[...]
+
+
+class ResBlock(nnx.Module):
+    """x + conv(silu(conv(silu(x)))); the second conv starts small so a deep stack starts near identity."""
+
+    def __init__(self, ch: int, kernel: int, rngs: nnx.Rngs):
+        self.conv1 = Conv1D(ch, ch, kernel, rngs)
+        self.conv2 = Conv1D(ch, ch, kernel, rngs, scale=0.1)
+
+    def __call__(self, x_btc):
+        return x_btc + self.conv2(jax.nn.silu(self.conv1(jax.nn.silu(x_btc))))
+
+
+def fold_time(x_btc: jax.Array) -> jax.Array:
+    """[B, T, C] -> [B, T/2, 2C]: neighbouring frames side by side."""
+    b, t, c = x_btc.shape
+    return x_btc.reshape(b, t // 2, 2 * c)
+
+
+def unfold_time(x_btc: jax.Array) -> jax.Array:
+    """[B, T, 2C] -> [B, 2T, C], the inverse of `fold_time`."""
+    b, t, c = x_btc.shape
+    return x_btc.reshape(b, 2 * t, c // 2)
+
+
+class Encoder(nnx.Module):
+    def __init__(self, cfg: AudioTokenizerConfig, rngs: nnx.Rngs):
+        ch, k = cfg.channels, cfg.kernel
+        self.stem = Conv1D(cfg.n_mels, ch[0], k, rngs)
+        self.stages = nnx.List([nnx.List([ResBlock(ch[i], k, rngs) for _ in range(n)]) for i, n in enumerate(cfg.res_blocks)])
+        self.downs = nnx.List([Conv1D(2 * ch[i], ch[i + 1], 1, rngs) for i in range(len(ch) - 1)])
+        self.to_latent = Conv1D(ch[-1], len(cfg.levels), 1, rngs)
+
+    def __call__(self, x_btm):
+        x_btc = self.stem(x_btm)
+        for i, blocks in enumerate(self.stages):
+            for block in blocks:
+                x_btc = block(x_btc)
+            if i < len(self.downs):
+                x_btc = self.downs[i](fold_time(jax.nn.silu(x_btc)))
+        return self.to_latent(jax.nn.silu(x_btc))
+
+
+class Decoder(nnx.Module):
+    def __init__(self, cfg: AudioTokenizerConfig, rngs: nnx.Rngs):
+        ch, k = cfg.channels, cfg.kernel
+        self.from_latent = Conv1D(len(cfg.levels), ch[-1], k, rngs)
+        self.stages = nnx.List([nnx.List([ResBlock(ch[i], k, rngs) for _ in range(n)]) for i, n in enumerate(cfg.res_blocks)])
+        self.ups = nnx.List([Conv1D(ch[i + 1], 2 * ch[i], 1, rngs) for i in range(len(ch) - 1)])
+        self.to_mel = Conv1D(ch[0], cfg.n_mels, k, rngs)
+
+    def __call__(self, codes_btc):
+        x_btc = self.from_latent(codes_btc)
+        for i in reversed(range(len(self.stages))):
+            for block in self.stages[i]:
+                x_btc = block(x_btc)
+            if i > 0:
+                x_btc = unfold_time(self.ups[i - 1](jax.nn.silu(x_btc)))
+        return self.to_mel(jax.nn.silu(x_btc))
+
+
+def _pad_to_tokens(waveform_bn, cfg: AudioTokenizerConfig) -> jax.Array:
+    """float [B, N] or [N] -> [B, N'] with N' the next multiple of samples_per_token (zero padded)."""
+    waveform_bn = jnp.asarray(waveform_bn, jnp.float32)
+    if waveform_bn.ndim == 1:
+        waveform_bn = waveform_bn[None]
+    if waveform_bn.ndim != 2:
+        raise ValueError(f"waveform must be [N] or [B, N] float samples at {cfg.sample_rate} Hz; got shape {waveform_bn.shape}")
+    extra = -waveform_bn.shape[1] % cfg.samples_per_token
+    return jnp.pad(waveform_bn, ((0, 0), (0, extra))) if extra else waveform_bn
+
+
+class AudioTokenizer(nnx.Module):
+    """Waveforms [B, N] at 16 kHz <-> codes [B, ceil(N / 640)] in [0, codebook_size)."""
+
+    def __init__(self, cfg: AudioTokenizerConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.fsq = FSQ(cfg.levels)
+        self.encoder = Encoder(cfg, rngs)
+        self.decoder = Decoder(cfg, rngs)
+
+    def log_mel(self, waveform_bn) -> jax.Array:
+        """Padded to whole tokens, so the target always matches the decoder's length."""
+        return log_mel(_pad_to_tokens(waveform_bn, self.cfg), self.cfg)
+
+    def _quantized(self, log_mel_btm) -> jax.Array:
+        x_btm = (log_mel_btm - self.cfg.log_mel_center) / self.cfg.log_mel_scale
+        return self.fsq.quantize(self.encoder(constrain(x_btm, ("batch", None, None))))
+
+    def _log_mel_from_codes(self, codes_btc) -> jax.Array:
+        return self.decoder(codes_btc) * self.cfg.log_mel_scale + self.cfg.log_mel_center
+
+    def __call__(self, waveform_bn) -> tuple[jax.Array, jax.Array]:
+        """Training path: (reconstructed log-mel, true log-mel), both [B, T, n_mels]."""
+        log_mel_btm = self.log_mel(waveform_bn)
+        return self._log_mel_from_codes(self._quantized(log_mel_btm)), log_mel_btm
+
+    def encode(self, waveform_bn) -> jax.Array:
+        """float waveform [B, N] or [N] at 16 kHz -> int32 codes [B, ceil(N / samples_per_token)]."""
+        return self.fsq.codes_to_indices(self._quantized(self.log_mel(waveform_bn)))
+
+    def decode_log_mel(self, codes_bt) -> jax.Array:
+        """int codes [B, T] -> log-mel [B, T * downsample, n_mels]."""
+        return self._log_mel_from_codes(self.fsq.indices_to_codes(codes_bt))
+
+    def decode(self, codes_bt) -> jax.Array:
+        """int codes [B, T] -> float32 waveform [B, T * samples_per_token] by Griffin-Lim."""
+        return mel_to_waveform(self.decode_log_mel(codes_bt), self.cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs from the outside world
+
+_INT_SCALE = {np.dtype(np.int8): 128.0, np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2.0**31}
+
+
+def _decode_wav(data: bytes) -> tuple[np.ndarray, int]:
+    """WAV bytes (integer PCM, 8/16/24/32-bit) -> ([N, C] samples, sample rate)."""
+    try:
+        with wave.open(io.BytesIO(data), "rb") as reader:
+            channels, width, rate = reader.getnchannels(), reader.getsampwidth(), reader.getframerate()
+            raw = reader.readframes(reader.getnframes())
+    except Exception as error:  # wave raises several types for bad data (wave.Error, EOFError, struct.error)
+        raise ValueError(
+            f"could not decode audio bytes ({len(data)} bytes, starting {data[:12]!r}): expected a WAV file "
+            f"with integer PCM samples ({type(error).__name__}: {error})"
+        ) from error
+    if width == 1:
+        samples = np.frombuffer(raw, np.uint8)
+    elif width == 3:  # 24-bit little-endian: widen to int32 with the sign carried in the top byte
+        triples = np.frombuffer(raw[: len(raw) // 3 * 3], np.uint8).reshape(-1, 3).astype(np.int32)
+        samples = ((triples[:, 0] << 8) | (triples[:, 1] << 16) | (triples[:, 2] << 24)).astype(np.int32)
+    elif width in (2, 4):
+        samples = np.frombuffer(raw[: len(raw) // width * width], f"<i{width}")
+    else:
+        raise ValueError(f"WAV sample width of {width} bytes is not supported (1, 2, 3 or 4)")
+    return samples[: len(samples) // channels * channels].reshape(-1, channels), rate
+
+
+def _resample(mono_n: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    """Polyphase resampling (scipy, already a dependency of jax) by the reduced ratio target/rate."""
+    if rate == target_rate:
+        return mono_n
+    from scipy.signal import resample_poly
+
+    g = math.gcd(int(rate), int(target_rate))
+    return resample_poly(mono_n.astype(np.float64), target_rate // g, rate // g)
+
+
+def prepare_audio(audio, sample_rate: int | None = None, max_seconds: float = 30.0, target_rate: int = 16000) -> np.ndarray:
+    """Anything audio-like -> float32 mono [N] at `target_rate`, ready for `AudioTokenizer.encode`.
+
+    `audio`: a numpy array [N] or [N, channels] of float (nominally [-1, 1]), int8/16/32 or
+    uint8 (offset binary) samples, with its `sample_rate`; or WAV bytes (integer PCM; the rate is
+    read from the header). Channels are averaged; other rates are resampled polyphase. Raises
+    ValueError, naming the problem and the numbers, on empty, over-long (> max_seconds), non-finite
+    or undecodable input.
+    """
+    if isinstance(audio, (bytes, bytearray, memoryview)):
+        samples, rate = _decode_wav(bytes(audio))
+        if sample_rate is not None and sample_rate != rate:
+            raise ValueError(f"sample_rate={sample_rate} was given but the WAV header says {rate} Hz")
+    else:
+        if sample_rate is None:
+            raise ValueError("sample_rate is required for an array of samples (only WAV bytes carry their own)")
+        samples, rate = np.asarray(audio), sample_rate
+    if not isinstance(rate, (int, np.integer)) or rate <= 0:
+        raise ValueError(f"sample rate must be a positive integer number of Hz, got {rate!r}")
+    if samples.ndim == 2 and samples.shape[1] > 16:
+        raise ValueError(
+            f"audio array must be [samples] or [samples, channels] (<= 16 channels); got shape {samples.shape} "
+            f"(transpose a [channels, samples] array)"
+        )
+    if samples.ndim not in (1, 2):
+        raise ValueError(f"audio array must be [samples] or [samples, channels]; got shape {samples.shape}")
+    num_samples = samples.shape[0]
+    if num_samples == 0 or samples.size == 0:
+        raise ValueError(f"audio is empty: shape {samples.shape} holds no samples")
+    seconds = num_samples / rate
+    if seconds > max_seconds:
+        raise ValueError(f"audio is too long: {seconds:.2f} s ({num_samples} samples at {rate} Hz) > max_seconds={max_seconds}")
+    if samples.dtype == np.uint8:
+        samples = (samples.astype(np.float32) - 128.0) / 128.0
+    elif samples.dtype in _INT_SCALE:
+        samples = samples.astype(np.float32) / _INT_SCALE[samples.dtype]
+    elif np.issubdtype(samples.dtype, np.floating):
+        samples = samples.astype(np.float32)
+        if not np.all(np.isfinite(samples)):
+            raise ValueError(f"audio holds {int(np.sum(~np.isfinite(samples)))} non-finite samples (NaN or inf)")
+    else:
+        raise ValueError(f"audio samples must be float, int8/16/32 or uint8; got dtype {samples.dtype}")
+    mono_n = samples.mean(axis=1) if samples.ndim == 2 else samples
+    return _resample(mono_n, int(rate), target_rate).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and evaluation
+
+
+def dtmf_clips(rng: np.random.Generator, batch_size: int) -> np.ndarray:
+    """A batch [B, 16000] of fresh DTMF clips from the procedural world (train-split style)."""
+    return np.stack([render_dtmf(rng, sample_symbols(rng)) for _ in range(batch_size)])
+
+
+def _batches(clips, batch_size: int, seed: int) -> Iterator[np.ndarray]:
+    """Batches from an array [N, samples] (sampled with replacement), a sampler
+    `fn(rng, batch_size) -> array`, or an iterator of batches."""
+    rng = np.random.default_rng(seed)
+    if isinstance(clips, np.ndarray):
+        while True:
+            yield clips[rng.integers(0, len(clips), batch_size)]
+    elif callable(clips):
+        while True:
+            yield np.asarray(clips(rng, batch_size), np.float32)
+    else:
+        yield from clips
+
+
+def reconstruction_loss(graphdef: nnx.GraphDef, params: nnx.State, waveform_bn, l2_weight: float):
+    """Mean absolute log-mel error (nats) + optional squared error, and the absolute error alone."""
+    recon_btm, target_btm = nnx.merge(graphdef, params)(waveform_bn)
+    error_btm = recon_btm - target_btm
+    l1 = jnp.mean(jnp.abs(error_btm))
+    return l1 + l2_weight * jnp.mean(error_btm**2), l1
+
+
+def make_optimizer(cfg: AudioTokenizerConfig, steps: int) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, cfg.learning_rate, min(cfg.warmup_steps, max(steps - 1, 1)), max(steps, 2), end_value=cfg.learning_rate * 0.02
+    )
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+
+
+def train_audio_tokenizer(
+    cfg: AudioTokenizerConfig,
+    clips=None,
+    steps: int | None = None,
+    seed: int = 0,
+    log: Callable[[dict], None] | None = None,
+) -> tuple[AudioTokenizer, dict]:
+    """Train from scratch; returns the model and {"steps", "seconds", "initial_mel_l1", "final_mel_l1", "losses"}.
+
+    `clips`: float waveforms at 16 kHz as an array [N, samples], a sampler `fn(rng, batch_size)`,
+    or an iterator of batches; by default fresh DTMF clips from the procedural world. The step is a
+    pure jitted function over the split state, donating params and optimizer state.
+    """
+    steps = cfg.steps if steps is None else steps
+    model = AudioTokenizer(cfg, nnx.Rngs(seed))
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = make_optimizer(cfg, steps)
+    opt_state = tx.init(params)
+
+    def step(params, opt_state, waveform_bn):
+        (_, loss), grads = jax.value_and_grad(reconstruction_loss, argnums=1, has_aux=True)(
+            graphdef, params, waveform_bn, cfg.l2_weight
+        )
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    step = jax.jit(step, donate_argnums=(0, 1))
+    start, losses = time.perf_counter(), []
+    batches = _batches(dtmf_clips if clips is None else clips, cfg.batch_size, seed)
+    for i in range(steps):
+        params, opt_state, loss = step(params, opt_state, next(batches))
+        if i % 25 == 0 or i == steps - 1:
+            loss = float(loss)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"audio tokenizer loss is {loss} at step {i}")
+            losses.append((i, loss))
+            if log:
+                log({"step": i, "mel_l1": loss, "seconds": time.perf_counter() - start})
+    nnx.update(model, params)
+    metrics = {
+        "steps": steps, "seconds": time.perf_counter() - start,
+        "initial_mel_l1": losses[0][1], "final_mel_l1": losses[-1][1], "losses": losses,
+    }
+    return model, metrics
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _roundtrip(graphdef, params, waveform_bn):
+    model = nnx.merge(graphdef, params)
+    codes_bt = model.encode(waveform_bn)
+    recon_btm = model.decode_log_mel(codes_bt)
+    mel_l1 = jnp.mean(jnp.abs(recon_btm - model.log_mel(waveform_bn)), axis=(1, 2))
+    return codes_bt, mel_l1, mel_to_waveform(recon_btm, model.cfg)
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: the substitutions, insertions and deletions that turn `a` into `b`."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ca != cb))
+    return row[-1]
+
+
+def evaluate(model: AudioTokenizer, num_clips: int = 200, seed: int = 12345, batch_size: int = 50) -> dict:
+    """Round-trip fresh DTMF clips (audio -> codes -> waveform) and read the keys back with the
+    world's frequency detector.
+
+    Returns sequence accuracy (the whole key string right), symbol accuracy (1 - symbol error
+    rate: edit distance over the true keys, so a key heard twice counts one error, not a shifted
+    tail), the same two for the original clips (the detector's own ceiling), mean log-mel L1
+    (nats) between the clips and their reconstructions, and the fraction of the codebook in use.
+    """
+    rng = np.random.default_rng(seed)
+    symbols = [sample_symbols(rng) for _ in range(num_clips)]
+    clips = np.stack([render_dtmf(rng, s) for s in symbols])
+    graphdef, params = nnx.split(model, nnx.Param)
+    seen = np.zeros(model.fsq.codebook_size, bool)
+    heard, mel_l1 = [], []
+    for i in range(0, num_clips, batch_size):
+        codes, l1, recon = _roundtrip(graphdef, params, clips[i : i + batch_size])
+        seen[np.asarray(codes).ravel()] = True
+        mel_l1.extend(np.asarray(l1).tolist())
+        heard.extend(detect_dtmf(np.asarray(r), model.cfg.sample_rate) for r in recon)
+
+    def accuracies(found):
+        exact = np.mean([f == s for f, s in zip(found, symbols)])
+        errors = sum(edit_distance(s, f) for f, s in zip(found, symbols))
+        return float(exact), 1.0 - errors / sum(len(s) for s in symbols)
+
+    sequence_accuracy, symbol_accuracy = accuracies(heard)
+    original_sequence, original_symbol = accuracies([detect_dtmf(c, model.cfg.sample_rate) for c in clips])
+    return {
+        "sequence_accuracy": sequence_accuracy, "symbol_accuracy": symbol_accuracy,
+        "original_sequence_accuracy": original_sequence, "original_symbol_accuracy": original_symbol,
+        "mel_l1": float(np.mean(mel_l1)), "codes_used_fraction": float(seen.mean()), "num_clips": num_clips,
+    }
