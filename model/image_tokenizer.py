@@ -5,13 +5,15 @@ An image of `image_size` squared pixels becomes (image_size / downsample) square
 loss, so training is reconstruction alone.
 
 Resolution changes are space-to-depth / depth-to-space around a 1x1 conv (a 2x2 stride-2 conv
-and its transpose, written as matmuls): on a CPU they cost a fraction of a strided 3x3 conv,
-and the 3x3 work happens at the low resolutions where the channel count keeps the matmul units busy.
+and its transpose, as plain matmuls), and the 3x3 convs sit mostly at the low resolutions, where
+wider channels keep a CPU's matmul units busy (a 3x3 conv at 32x32 x 32 channels ran at a quarter
+of the FLOP rate of one at 8x8 x 128 on two cores).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 import time
@@ -24,26 +26,32 @@ import optax
 from flax import nnx
 from PIL import Image
 
-from model.layers import param
+from model.layers import RMSNorm, param
 from model.quantizers import FSQ
 from model.sharding import constrain
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageTokenizerConfig:
-    """Shape of the tokenizer and its training stage. `channels[i]` is the width after i halvings."""
+    """Shape of the tokenizer and its training stage. `channels[i]` is the width after i halvings.
+
+    The defaults are the `tiny` world's tokenizer: 32x32 -> 8x8 = 64 tokens of 1,000 codes, 0.36M
+    parameters, trained in about 50 s on two CPU cores to ~33 dB PSNR with ~80% of the codes in
+    use. Small batches: per image seen, batch 16 learned faster than 32 or 64, and its
+    activations stay in cache, so it is also faster per image.
+    """
 
     image_size: int = 32
     downsample: int = 4
     levels: tuple[int, ...] = (8, 5, 5, 5)
-    channels: tuple[int, ...] = (32, 64, 128)
-    res_blocks: tuple[int, ...] = (0, 1, 2)  # residual blocks per resolution, encoder and decoder each
+    channels: tuple[int, ...] = (16, 32, 64)
+    res_blocks: tuple[int, ...] = (0, 1, 2)  # residual blocks per resolution, in encoder and decoder each
     # training
-    batch_size: int = 64
+    batch_size: int = 16
     learning_rate: float = 2e-3
+    encoder_lr_scale: float = 0.3  # the encoder trains slower than the decoder: see make_optimizer
     warmup_steps: int = 50
-    steps: int = 1000
-    l1_weight: float = 0.0  # added to the squared error; L2 alone is what PSNR measures
+    steps: int = 2500
 
     def __post_init__(self):
         stages = int(round(math.log2(self.downsample)))
@@ -73,7 +81,7 @@ class ImageTokenizerConfig:
     @classmethod
     def tiny(cls) -> "ImageTokenizerConfig":
         """A few-thousand-parameter tokenizer for shape tests."""
-        return cls(channels=(8, 16, 16), res_blocks=(0, 1, 1), batch_size=8)
+        return cls(channels=(8, 16, 16), res_blocks=(0, 1, 1), batch_size=8, steps=100)
 
     @classmethod
     def for_scale(cls) -> "ImageTokenizerConfig":
@@ -86,8 +94,9 @@ class ImageTokenizerConfig:
 
 
 class Conv(nnx.Module):
-    """A SAME-padded NHWC conv. Kernels are replicated (names None): the tokenizer is small
-    beside the LM, and its channel counts (3 in, a handful of latent channels) rarely divide a mesh axis."""
+    """A SAME-padded NHWC conv. Its axes have no logical names, so it is replicated: the tokenizer
+    is small beside the LM, and its channel counts (3 pixels, a handful of latents) rarely divide
+    a mesh axis. Only its activations split, over `batch`."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, rngs: nnx.Rngs, scale: float = 1.0):
         std = scale * (kernel * kernel * in_ch) ** -0.5
@@ -102,7 +111,10 @@ class Conv(nnx.Module):
 
 
 class ResBlock(nnx.Module):
-    """x + conv(silu(conv(silu(x)))); the second conv starts small so a deep stack starts near identity."""
+    """x + conv(silu(conv(silu(x)))); the second conv starts small so a deep stack starts near identity.
+
+    No normalisation inside: with pre-norm blocks our short runs ended ~1.5 dB lower.
+    """
 
     def __init__(self, ch: int, rngs: nnx.Rngs):
         self.conv1 = Conv(ch, ch, 3, rngs)
@@ -113,23 +125,32 @@ class ResBlock(nnx.Module):
 
 
 def space_to_depth(x_bhwc: jax.Array) -> jax.Array:
+    """[B, H, W, C] -> [B, H/2, W/2, 4C]: each 2x2 patch's pixels become channels."""
     b, h, w, c = x_bhwc.shape
     x = x_bhwc.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(b, h // 2, w // 2, 4 * c)
 
 
 def depth_to_space(x_bhwc: jax.Array) -> jax.Array:
+    """[B, H, W, 4C] -> [B, 2H, 2W, C], the inverse of space_to_depth."""
     b, h, w, c = x_bhwc.shape
     x = x_bhwc.reshape(b, h, w, 2, 2, c // 4).transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(b, 2 * h, 2 * w, c // 4)
 
 
 class Encoder(nnx.Module):
+    """Pixels in [-1, 1] -> unbounded latents [B, h, w, len(levels)] for FSQ.
+
+    The latents come from normalised features, so their spread at the start is set by the
+    projection alone; without the norm the spread wandered and fewer codes ended up in use.
+    """
+
     def __init__(self, cfg: ImageTokenizerConfig, rngs: nnx.Rngs):
         ch = cfg.channels
         self.stem = Conv(3, ch[0], 3, rngs)
         self.stages = nnx.List([nnx.List([ResBlock(ch[i], rngs) for _ in range(n)]) for i, n in enumerate(cfg.res_blocks)])
         self.downs = nnx.List([Conv(4 * ch[i], ch[i + 1], 1, rngs) for i in range(len(ch) - 1)])
+        self.latent_norm = RMSNorm(ch[-1], None, 1e-6, jnp.float32)
         self.to_latent = Conv(ch[-1], len(cfg.levels), 1, rngs)
 
     def __call__(self, x_bhwc):
@@ -139,16 +160,19 @@ class Encoder(nnx.Module):
                 x_bhwc = block(x_bhwc)
             if i < len(self.downs):
                 x_bhwc = self.downs[i](space_to_depth(x_bhwc))
-        return self.to_latent(jax.nn.silu(x_bhwc))
+        return self.to_latent(self.latent_norm(x_bhwc))
 
 
 class Decoder(nnx.Module):
+    """Grid codes [B, h, w, len(levels)] -> pixels in about [-1, 1]. The last conv starts small,
+    so the first reconstructions are flat mid-grey rather than loud noise."""
+
     def __init__(self, cfg: ImageTokenizerConfig, rngs: nnx.Rngs):
         ch = cfg.channels
         self.from_latent = Conv(len(cfg.levels), ch[-1], 3, rngs)
         self.stages = nnx.List([nnx.List([ResBlock(ch[i], rngs) for _ in range(n)]) for i, n in enumerate(cfg.res_blocks)])
         self.ups = nnx.List([Conv(ch[i + 1], 4 * ch[i], 1, rngs) for i in range(len(ch) - 1)])
-        self.to_pixels = Conv(ch[0], 3, 3, rngs)
+        self.to_pixels = Conv(ch[0], 3, 3, rngs, scale=0.1)
 
     def __call__(self, codes_bhwc):
         x_bhwc = self.from_latent(codes_bhwc)
@@ -206,23 +230,27 @@ class ImageTokenizer(nnx.Module):
 # Inputs from the outside world
 
 
-def prepare_image(image, size: int) -> np.ndarray:
+def prepare_image(image, size: int = 32) -> np.ndarray:
     """Anything image-like -> uint8 [size, size, 3] RGB.
 
     Accepts a numpy array (H x W grey, H x W x 1, RGB or RGBA; uint8, or float in [0, 1]),
-    a PIL image in any mode, or encoded bytes (PNG, JPEG, anything PIL reads). Alpha is composited
+    a PIL image in any mode (16-bit grey included), or encoded bytes (PNG, JPEG, anything PIL
+    reads); bytes PIL cannot decode raise ValueError. Alpha is composited
     over white; other sizes are resized with bicubic filtering (no crop: the world's images are
     square, and a caller who wants a crop should make it).
     """
     if isinstance(image, (bytes, bytearray, memoryview)):
+        data = bytes(image)
         try:
-            pil = Image.open(io.BytesIO(bytes(image)))
+            pil = Image.open(io.BytesIO(data))
             pil.load()
-        except Exception as error:  # PIL raises several types for bad data; callers need one
-            raise ValueError(
-                f"could not decode image bytes ({len(image)} bytes, starting {bytes(image[:8])!r}): "
-                f"not a PNG/JPEG/other format PIL can read ({type(error).__name__}: {error})"
-            ) from error
+        except Exception as error:  # PIL raises many types for bad data; callers get one
+            reason = (
+                "not in any image format PIL recognises (PNG, JPEG, ...)"
+                if isinstance(error, Image.UnidentifiedImageError)
+                else f"corrupt or truncated image data ({type(error).__name__}: {error})"
+            )
+            raise ValueError(f"could not decode image bytes ({len(data)} bytes, starting {data[:8]!r}): {reason}") from error
     elif isinstance(image, Image.Image):
         pil = image
     else:
@@ -240,6 +268,8 @@ def prepare_image(image, size: int) -> np.ndarray:
         rgba = pil.convert("RGBA")
         pil = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         pil.alpha_composite(rgba)
+    if pil.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey (PNG): convert("RGB") would clip it
+        pil = Image.fromarray(np.round(np.asarray(pil, np.float64) / 257).clip(0, 255).astype(np.uint8))
     pil = pil.convert("RGB")
     if pil.size != (size, size):
         pil = pil.resize((size, size), Image.Resampling.BICUBIC)
@@ -264,19 +294,32 @@ def _batches(images, batch_size: int, seed: int) -> Iterator[np.ndarray]:
         yield from images
 
 
-def reconstruction_loss(graphdef: nnx.GraphDef, params: nnx.State, images_bhwc, l1_weight: float):
-    """Mean squared error in [0, 1] pixel units (+ optional L1), and the MSE alone."""
-    recon_bhwc, _ = nnx.merge(graphdef, params)(images_bhwc)
-    error_bhwc = recon_bhwc - _to_unit_float(images_bhwc)
-    mse = jnp.mean(error_bhwc**2)
-    return mse + l1_weight * jnp.mean(jnp.abs(error_bhwc)), mse
+def reconstruction_loss(graphdef: nnx.GraphDef, params: nnx.State, images_bhwc):
+    """Mean squared error in [0, 1] pixel units: exactly what PSNR scores. Aux: the batch's code indices."""
+    model = nnx.merge(graphdef, params)
+    recon_bhwc, codes_bhwc = model(images_bhwc)
+    mse = jnp.mean((recon_bhwc - _to_unit_float(images_bhwc)) ** 2)
+    return mse, model.fsq.codes_to_indices(codes_bhwc)
 
 
 def make_optimizer(cfg: ImageTokenizerConfig, steps: int) -> optax.GradientTransformation:
+    """Adam with warmup + cosine, global-norm clipping, and the encoder at `encoder_lr_scale` of the rate.
+
+    Why a slower encoder: before the decoder can read the codes, quantization is only noise to it,
+    and the quickest way to cut that noise is to push the latents into tanh's flat tails, where
+    every position shares one code and the gradient vanishes. Adam's sign-like steps get there in a
+    few dozen steps: at equal rates our short runs ended with 0.1-13% of the codes in use and
+    lower PSNR; at 0.3-0.5 of the rate, 55-85% (lower scales use more codes, at ~1 dB PSNR).
+    """
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, cfg.learning_rate, min(cfg.warmup_steps, max(steps - 1, 1)), max(steps, 2), end_value=cfg.learning_rate * 0.02
     )
-    return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+    adam = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+
+    def part(params):  # "encoder" / "decoder": the top-level attribute each parameter lives under
+        return jax.tree_util.tree_map_with_path(lambda path, _: str(path[0].key), params)
+
+    return optax.multi_transform({"encoder": optax.chain(adam, optax.scale(cfg.encoder_lr_scale)), "decoder": adam}, part)
 
 
 def train_image_tokenizer(
@@ -293,49 +336,61 @@ def train_image_tokenizer(
     optimizer state.
     """
     steps = cfg.steps if steps is None else steps
+    if steps < 1:
+        raise ValueError(f"train_image_tokenizer needs at least one step, got steps={steps}")
     model = ImageTokenizer(cfg, nnx.Rngs(seed))
     graphdef, params = nnx.split(model, nnx.Param)
     tx = make_optimizer(cfg, steps)
     opt_state = tx.init(params)
 
     def step(params, opt_state, images_bhwc):
-        (_, mse), grads = jax.value_and_grad(reconstruction_loss, argnums=1, has_aux=True)(
-            graphdef, params, images_bhwc, cfg.l1_weight
+        (mse, codes_bhw), grads = jax.value_and_grad(reconstruction_loss, argnums=1, has_aux=True)(
+            graphdef, params, images_bhwc
         )
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, mse
+        return optax.apply_updates(params, updates), opt_state, mse, codes_bhw
 
     step = jax.jit(step, donate_argnums=(0, 1))
     start, losses = time.perf_counter(), []
     batches = _batches(images, cfg.batch_size, seed)
     for i in range(steps):
-        params, opt_state, mse = step(params, opt_state, next(batches))
+        batch = next(batches, None)
+        if batch is None:
+            raise ValueError(f"the image iterator ran out after {i} of {steps} steps")
+        params, opt_state, mse, codes_bhw = step(params, opt_state, batch)
         if i % 50 == 0 or i == steps - 1:
             mse = float(mse)
             if not math.isfinite(mse):
                 raise FloatingPointError(f"image tokenizer loss is {mse} at step {i}")
             losses.append((i, mse))
             if log:
-                log({"step": i, "mse": mse, "seconds": time.perf_counter() - start})
+                distinct = len(np.unique(np.asarray(codes_bhw)))
+                log({"step": i, "mse": mse, "batch_codes": distinct, "seconds": time.perf_counter() - start})
     nnx.update(model, params)
     metrics = {"steps": steps, "seconds": time.perf_counter() - start, "final_mse": losses[-1][1], "losses": losses}
     return model, metrics
 
 
-@jax.jit
+@functools.partial(jax.jit, static_argnums=0)
 def _roundtrip(graphdef, params, images_bhwc):
     model = nnx.merge(graphdef, params)
     codes_bhw = model.encode(images_bhwc)
     return codes_bhw, model.decode(codes_bhw, as_uint8=True)
 
 
-def evaluate(model: ImageTokenizer, images: np.ndarray, batch_size: int = 256) -> dict:
-    """Encode -> decode uint8 images; PSNR (dB) of the pooled squared error over all pixels, and
-    the fraction of the codebook that appears at least once."""
+def evaluate(model: ImageTokenizer, images: np.ndarray, batch_size: int = 250) -> dict:
+    """Round-trip uint8 images [N, H, W, 3] through codes and back to uint8.
+
+    psnr_db: from the squared error pooled over every pixel of every image (stricter than the
+    mean of per-image PSNRs); codes_used_fraction: the share of the codebook seen at least once.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise ValueError(f"evaluate takes uint8 images [N, H, W, 3]; got dtype {images.dtype}")
     graphdef, params = nnx.split(model, nnx.Param)
     squared_error, count, seen = 0.0, 0, np.zeros(model.fsq.codebook_size, bool)
     for i in range(0, len(images), batch_size):
-        batch = np.asarray(images[i : i + batch_size])
+        batch = images[i : i + batch_size]
         codes, recon = _roundtrip(graphdef, params, batch)
         error = np.asarray(recon, np.float64) / 255 - batch.astype(np.float64) / 255
         squared_error, count = squared_error + float(np.sum(error**2)), count + error.size

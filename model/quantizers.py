@@ -34,8 +34,9 @@ class FSQ:
 
     def __post_init__(self):
         object.__setattr__(self, "levels", tuple(int(l) for l in self.levels))
-        if not self.levels or min(self.levels) < 2:
-            raise ValueError(f"FSQ levels must be a non-empty tuple of integers >= 2, got {self.levels}")
+        if not self.levels or min(self.levels) < 3:
+            # Two levels cannot work here: the even-level shift atanh(0.5 / half_l) needs half_l > 0.5.
+            raise ValueError(f"FSQ levels must be a non-empty tuple of integers >= 3, got {self.levels}")
 
     @property
     def num_channels(self) -> int:
@@ -55,6 +56,9 @@ class FSQ:
     def _basis(self) -> np.ndarray:
         return np.cumprod([1] + list(self.levels[:-1])).astype(np.int32)
 
+    def levels_are_even(self) -> np.ndarray:
+        return np.asarray([l % 2 == 0 for l in self.levels])
+
     def bound(self, z_c: jax.Array) -> jax.Array:
         """Squash each channel so that rounding yields exactly `levels[i]` integers.
 
@@ -67,9 +71,6 @@ class FSQ:
         offset = np.where(self.levels_are_even(), 0.5, 0.0).astype(np.float32)
         shift = np.arctanh(offset / half_l).astype(np.float32)
         return jnp.tanh(z_c.astype(jnp.float32) + shift) * half_l - offset
-
-    def levels_are_even(self) -> np.ndarray:
-        return np.asarray([l % 2 == 0 for l in self.levels])
 
     def quantize(self, z_c: jax.Array) -> jax.Array:
         """Latents [..., C] -> normalised grid codes [..., C] in [-1, 1], straight-through."""

@@ -1,0 +1,130 @@
+"""The image tokenizer: code shapes and ranges, the scale preset, input preparation, and that training learns."""
+
+import dataclasses
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from model.image_tokenizer import (
+    ImageTokenizer,
+    ImageTokenizerConfig,
+    evaluate,
+    prepare_image,
+    train_image_tokenizer,
+)
+
+
+def rectangles(rng: np.random.Generator, n: int, size: int = 32) -> np.ndarray:
+    """One flat-coloured rectangle per image on a grey background: a stand-in for the world's shapes."""
+    images = np.empty((n, size, size, 3), np.uint8)
+    for image in images:
+        image[...] = rng.integers(180, 230)
+        top, left = rng.integers(0, size - 8, 2)
+        height, width = rng.integers(6, 16, 2)
+        image[top : top + height, left : left + width] = rng.integers(0, 256, 3)
+    return images
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = ImageTokenizerConfig.tiny()
+    return cfg, ImageTokenizer(cfg, nnx.Rngs(0))
+
+
+def test_tiny_tokenizer_maps_32x32_images_to_8x8_codes_and_back(tiny):
+    cfg, model = tiny
+    images = rectangles(np.random.default_rng(0), 2)
+    codes = model.encode(images)
+    assert codes.shape == (2, 8, 8) and codes.dtype == jnp.int32
+    assert 0 <= int(codes.min()) and int(codes.max()) < 1000 == cfg.codebook_size
+    np.testing.assert_array_equal(model.encode(images.astype(np.float32) / 255), codes)  # float [0, 1] input too
+
+    pixels = model.decode(codes)
+    assert pixels.shape == (2, 32, 32, 3) and pixels.dtype == jnp.float32
+    assert 0.0 <= float(pixels.min()) and float(pixels.max()) <= 1.0
+    as_uint8 = model.decode(codes, as_uint8=True)
+    assert as_uint8.dtype == jnp.uint8
+    np.testing.assert_array_equal(as_uint8, np.round(np.asarray(pixels) * 255))
+
+    recon, latents = model(images)  # the training path: unclipped pixels and grid latents
+    assert recon.shape == (2, 32, 32, 3) and latents.shape == (2, 8, 8, 4)
+    np.testing.assert_array_equal(model.fsq.codes_to_indices(latents), codes)
+
+
+def test_scale_preset_builds_abstractly_with_256_tokens_of_64000_codes():
+    cfg = ImageTokenizerConfig.for_scale()
+    assert (cfg.image_size, cfg.tokens_per_image, cfg.codebook_size) == (256, 256, 64_000)
+    model = nnx.eval_shape(lambda: ImageTokenizer(cfg, nnx.Rngs(0)))
+    images = jax.ShapeDtypeStruct((2, 256, 256, 3), jnp.uint8)
+    graphdef, state = nnx.split(model)
+    codes = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s).encode(x), state, images)
+    assert codes.shape == (2, 16, 16) and codes.dtype == jnp.int32
+    pixels = jax.eval_shape(lambda s, c: nnx.merge(graphdef, s).decode(c), state, codes)
+    assert pixels.shape == (2, 256, 256, 3)
+
+
+def test_config_names_the_field_it_refuses():
+    with pytest.raises(ValueError, match="downsample"):
+        ImageTokenizerConfig(downsample=3)
+    with pytest.raises(ValueError, match="channels"):
+        ImageTokenizerConfig(channels=(16, 32))
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_prepare_image_turns_any_image_into_rgb_uint8_of_the_configured_size():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(prepare_image(rgb, 32), rgb)  # already right: untouched
+
+    grey = prepare_image(rng.integers(0, 256, (32, 32), dtype=np.uint8), 32)
+    assert grey.shape == (32, 32, 3) and (grey[..., 0] == grey[..., 2]).all()
+
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[..., 0], rgba[:16, :, 3] = 255, 255  # top half opaque red, bottom half transparent
+    out = prepare_image(rgba, 32)
+    assert out[0, 0].tolist() == [255, 0, 0] and out[-1, 0].tolist() == [255, 255, 255]  # over white
+
+    palette = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+    assert prepare_image(palette, 32).shape == (32, 32, 3)
+
+    big = prepare_image(rng.integers(0, 256, (100, 60, 3), dtype=np.uint8), 32)
+    assert big.shape == (32, 32, 3) and big.dtype == np.uint8
+
+    np.testing.assert_array_equal(prepare_image(_png(Image.fromarray(rgb)), 32), rgb)  # PNG is lossless
+    grey16 = prepare_image(_png(Image.fromarray(np.full((32, 32), 65535, np.uint16))), 32)
+    assert (grey16 == 255).all()  # 16-bit grey is scaled, not clipped
+    jpeg = io.BytesIO()
+    Image.fromarray(rgb).resize((64, 64)).save(jpeg, format="JPEG")
+    assert prepare_image(jpeg.getvalue(), 32).shape == (32, 32, 3)
+
+
+def test_prepare_image_rejects_garbage_bytes_with_a_clear_error():
+    with pytest.raises(ValueError, match="could not decode image bytes .*not in any image format"):
+        prepare_image(b"definitely not an image", 32)
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    png = _png(Image.fromarray(noise))
+    with pytest.raises(ValueError, match="could not decode image bytes .*truncated"):
+        prepare_image(png[: len(png) // 2], 32)
+    with pytest.raises(ValueError, match="shape"):
+        prepare_image(np.zeros((4, 4, 2), np.uint8), 32)
+
+
+def test_a_few_seconds_of_training_gain_at_least_6_db_over_initialisation():
+    cfg = dataclasses.replace(ImageTokenizerConfig.tiny(), steps=150)
+    train, held_out = rectangles(np.random.default_rng(1), 2000), rectangles(np.random.default_rng(2), 200)
+    before = evaluate(ImageTokenizer(cfg, nnx.Rngs(0)), held_out)
+    model, metrics = train_image_tokenizer(cfg, train, seed=0)
+    after = evaluate(model, held_out)
+    assert metrics["steps"] == 150 and np.isfinite(metrics["final_mse"])
+    assert after["psnr_db"] >= before["psnr_db"] + 6.0, (before, after)
+    assert after["codes_used_fraction"] > 0.1, after  # did not collapse onto a handful of codes
