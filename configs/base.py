@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, get_args
 
+from configs.tokenizers import TokenizersConfig
+
 AttentionBackend = Literal["xla", "cudnn"]
 RematPolicy = Literal["none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"]
 DType = Literal["float32", "bfloat16", "float16"]
@@ -156,8 +158,14 @@ class Config:
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     serve: ServeConfig = ServeConfig()
+    tokenizers: TokenizersConfig = TokenizersConfig()
 
     def __post_init__(self):
+        for kind in ("image", "audio"):
+            codes = getattr(self.tokenizers, kind).codebook_size
+            if getattr(self.model, f"{kind}_vocab_size") != codes:
+                _fail(f"model.{kind}_vocab_size", f"{getattr(self.model, f'{kind}_vocab_size')} differs from the "
+                      f"{codes} codes of tokenizers.{kind}.levels={getattr(self.tokenizers, kind).levels}")
         if self.data.seq_len > self.model.max_seq_len:
             _fail("data.seq_len", f"{self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
         if self.serve.max_cache_len > self.model.max_seq_len:

@@ -2,6 +2,7 @@
 
 from configs.base import Config, DataConfig, MeshConfig
 from configs.scale import scale_model
+from configs.tokenizers import TokenizersConfig
 
 
 def config() -> Config:
@@ -9,5 +10,6 @@ def config() -> Config:
         name="pro",
         model=scale_model(d_model=8192, num_layers=64, num_heads=32, mlp_dim=32_768),
         mesh=MeshConfig(data=1, fsdp=-1, tensor=8),
+        tokenizers=TokenizersConfig.for_scale(),
         data=DataConfig(seq_len=2048, global_batch_size=1024),
     )

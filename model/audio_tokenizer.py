@@ -14,7 +14,6 @@ Like the image tokenizer, time resolution changes are space-to-depth around a 1x
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import io
 import math
@@ -30,98 +29,9 @@ from flax import nnx
 
 from data.world import detect_dtmf, render_dtmf, sample_symbols
 from model.layers import param
+from configs.tokenizers import AudioTokenizerConfig
 from model.quantizers import FSQ
 from model.sharding import constrain
-
-
-@dataclasses.dataclass(frozen=True)
-class AudioTokenizerConfig:
-    """Front end, network shape and training stage. `channels[i]` is the width after i halvings of time.
-
-    The defaults are the CPU world's tokenizer (~0.5M parameters, about half a minute of training
-    on two cores); `tiny` is for shape tests, `for_scale` the accelerator-sized one.
-    """
-
-    # front end: 16 kHz, 25 ms Hann window zero-padded to 512, 10 ms hop, 80 HTK-mel bands
-    sample_rate: int = 16000
-    hop: int = 160
-    window: int = 400
-    n_fft: int = 512
-    n_mels: int = 80
-    f_min: float = 0.0
-    f_max: float = 8000.0
-    log_floor: float = 3e-2  # log(mel + floor): ~70 dB below a full-scale tone's band
-    log_mel_center: float = -2.5  # fixed affine normalisation of the network's input and output
-    log_mel_scale: float = 2.5
-    # network
-    downsample: int = 4
-    levels: tuple[int, ...] = (8, 5, 5, 5)
-    channels: tuple[int, ...] = (64, 128, 128)
-    res_blocks: tuple[int, ...] = (0, 0, 2)  # residual blocks per resolution, encoder and decoder each
-    kernel: int = 3
-    # back end
-    mel_inverse_iters: int = 100  # multiplicative (non-negative least squares) refinements of the pinv
-    griffin_lim_iters: int = 64
-    griffin_lim_momentum: float = 0.99  # "fast Griffin-Lim" (Perraudin et al. 2013)
-    # training
-    batch_size: int = 32
-    learning_rate: float = 6e-3
-    warmup_steps: int = 30
-    steps: int = 1000
-    l2_weight: float = 1.0  # added to the L1: squared error leans on the tone peaks, where the errors are large
-    # inputs from the outside world: the longest clip `prepare_audio` accepts for this tokenizer's callers
-    max_seconds: float = 30.0
-
-    def __post_init__(self):
-        stages = int(round(math.log2(self.downsample)))
-        if 2**stages != self.downsample:
-            raise ValueError(f"config field `downsample`: must be a power of two, got {self.downsample}")
-        if len(self.channels) != stages + 1 or len(self.res_blocks) != stages + 1:
-            raise ValueError(
-                f"config fields `channels`/`res_blocks`: need one entry per resolution ({stages + 1} for "
-                f"downsample={self.downsample}), got {self.channels} / {self.res_blocks}"
-            )
-        if not self.hop <= self.window <= self.n_fft or (self.n_fft - self.hop) % 2 or (self.n_fft - self.window) % 2:
-            raise ValueError(
-                f"config fields `hop`/`window`/`n_fft`: need hop <= window <= n_fft with even differences, "
-                f"got {self.hop}/{self.window}/{self.n_fft}"
-            )
-        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
-            raise ValueError(
-                f"config fields `f_min`/`f_max`: need 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}/{self.f_max}"
-            )
-        FSQ(self.levels)  # validates the levels
-        empty = int(np.sum(mel_filterbank(self).sum(axis=1) == 0))
-        if empty:
-            raise ValueError(
-                f"config fields `n_mels`/`n_fft`: {empty} of the {self.n_mels} mel bands fall between FFT bins "
-                f"({self.sample_rate / self.n_fft:.1f} Hz apart); use fewer mel bands or a larger n_fft"
-            )
-
-    @property
-    def samples_per_token(self) -> int:
-        return self.hop * self.downsample
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.sample_rate / self.samples_per_token
-
-    @property
-    def codebook_size(self) -> int:
-        return FSQ(self.levels).codebook_size
-
-    @classmethod
-    def tiny(cls) -> "AudioTokenizerConfig":
-        """A ~12k-parameter tokenizer for shape tests."""
-        return cls(channels=(8, 16, 16), res_blocks=(0, 1, 1), batch_size=4, griffin_lim_iters=4)
-
-    @classmethod
-    def for_scale(cls) -> "AudioTokenizerConfig":
-        """25 tokens/s over (8,8,8,6,5) = 15,360 codes, wider and deeper (~35M parameters)."""
-        return cls(
-            levels=(8, 8, 8, 6, 5), channels=(256, 512, 512), res_blocks=(1, 2, 4), kernel=5,
-            griffin_lim_iters=64, batch_size=256, learning_rate=1e-3, warmup_steps=1000, steps=200_000,
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,6 +236,12 @@ class AudioTokenizer(nnx.Module):
     """Waveforms [B, N] at 16 kHz <-> codes [B, ceil(N / 640)] in [0, codebook_size)."""
 
     def __init__(self, cfg: AudioTokenizerConfig, rngs: nnx.Rngs):
+        empty = int(np.sum(mel_filterbank(cfg).sum(axis=1) == 0))
+        if empty:
+            raise ValueError(
+                f"config fields `n_mels`/`n_fft`: {empty} of the {cfg.n_mels} mel bands fall between FFT bins "
+                f"({cfg.sample_rate / cfg.n_fft:.1f} Hz apart); use fewer mel bands or a larger n_fft"
+            )
         self.cfg = cfg
         self.fsq = FSQ(cfg.levels)
         self.encoder = Encoder(cfg, rngs)

@@ -12,7 +12,6 @@ of the FLOP rate of one at 8x8 x 128 on two cores).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import io
 import math
@@ -27,70 +26,9 @@ from flax import nnx
 from PIL import Image
 
 from model.layers import RMSNorm, param
+from configs.tokenizers import ImageTokenizerConfig
 from model.quantizers import FSQ
 from model.sharding import constrain
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageTokenizerConfig:
-    """Shape of the tokenizer and its training stage. `channels[i]` is the width after i halvings.
-
-    The defaults are the `tiny` world's tokenizer: 32x32 -> 8x8 = 64 tokens of 1,000 codes, 0.36M
-    parameters, trained in about 50 s on two CPU cores to ~33 dB PSNR with ~80% of the codes in
-    use. Small batches: per image seen, batch 16 learned faster than 32 or 64, and its
-    activations stay in cache, so it is also faster per image.
-    """
-
-    image_size: int = 32
-    downsample: int = 4
-    levels: tuple[int, ...] = (8, 5, 5, 5)
-    channels: tuple[int, ...] = (16, 32, 64)
-    res_blocks: tuple[int, ...] = (0, 1, 2)  # residual blocks per resolution, in encoder and decoder each
-    # training
-    batch_size: int = 16
-    learning_rate: float = 2e-3
-    encoder_lr_scale: float = 0.3  # the encoder trains slower than the decoder: see make_optimizer
-    warmup_steps: int = 50
-    steps: int = 2500
-
-    def __post_init__(self):
-        stages = int(round(math.log2(self.downsample)))
-        if 2**stages != self.downsample:
-            raise ValueError(f"config field `downsample`: must be a power of two, got {self.downsample}")
-        if self.image_size % self.downsample:
-            raise ValueError(f"config field `image_size`: {self.image_size} is not a multiple of downsample={self.downsample}")
-        if len(self.channels) != stages + 1 or len(self.res_blocks) != stages + 1:
-            raise ValueError(
-                f"config fields `channels`/`res_blocks`: need one entry per resolution ({stages + 1} for "
-                f"downsample={self.downsample}), got {self.channels} / {self.res_blocks}"
-            )
-        FSQ(self.levels)  # validates the levels
-
-    @property
-    def grid_size(self) -> int:
-        return self.image_size // self.downsample
-
-    @property
-    def tokens_per_image(self) -> int:
-        return self.grid_size**2
-
-    @property
-    def codebook_size(self) -> int:
-        return FSQ(self.levels).codebook_size
-
-    @classmethod
-    def tiny(cls) -> "ImageTokenizerConfig":
-        """A few-thousand-parameter tokenizer for shape tests."""
-        return cls(channels=(8, 16, 16), res_blocks=(0, 1, 1), batch_size=8, steps=100)
-
-    @classmethod
-    def for_scale(cls) -> "ImageTokenizerConfig":
-        """256x256 -> 16x16 = 256 tokens over (8,8,8,5,5,5) = 64,000 codes."""
-        return cls(
-            image_size=256, downsample=16, levels=(8, 8, 8, 5, 5, 5),
-            channels=(64, 128, 256, 256, 512), res_blocks=(0, 1, 2, 2, 2),
-            batch_size=256, learning_rate=1e-3, warmup_steps=1000, steps=200_000,
-        )
 
 
 class Conv(nnx.Module):

@@ -87,9 +87,9 @@ def test_scale_config_builds_abstractly():
     assert sum(x.size for x in jax.tree.leaves(params)) > 5_000_000
 
 
-def test_config_rejects_mel_bands_narrower_than_fft_bins():
+def test_tokenizer_rejects_mel_bands_narrower_than_fft_bins():
     with pytest.raises(ValueError, match="mel bands fall between FFT bins"):
-        AudioTokenizerConfig(n_mels=128)
+        AudioTokenizer(AudioTokenizerConfig(n_mels=128), nnx.Rngs(0))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""The stages train.py runs: the tokenizers now, the LM training loop with issue 5."""
