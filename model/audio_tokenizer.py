@@ -17,9 +17,8 @@ from __future__ import annotations
 import functools
 import io
 import math
-import time
 import wave
-from typing import Callable, Iterator
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,12 +26,12 @@ import numpy as np
 import optax
 from flax import nnx
 
+from configs.tokenizers import AudioTokenizerConfig
 from data.world import detect_dtmf, render_dtmf, sample_symbols
 from model.layers import param
-from configs.tokenizers import AudioTokenizerConfig
 from model.quantizers import FSQ
 from model.sharding import constrain
-
+from training.autoencoder import fit, warmup_cosine_adam
 
 # ---------------------------------------------------------------------------------------------
 # The signal path: STFT, mel filterbank, Griffin-Lim (no parameters)
@@ -370,33 +369,16 @@ def dtmf_clips(rng: np.random.Generator, batch_size: int) -> np.ndarray:
     return np.stack([render_dtmf(rng, sample_symbols(rng)) for _ in range(batch_size)])
 
 
-def _batches(clips, batch_size: int, seed: int) -> Iterator[np.ndarray]:
-    """Batches from an array [N, samples] (sampled with replacement), a sampler
-    `fn(rng, batch_size) -> array`, or an iterator of batches."""
-    rng = np.random.default_rng(seed)
-    if isinstance(clips, np.ndarray):
-        while True:
-            yield clips[rng.integers(0, len(clips), batch_size)]
-    elif callable(clips):
-        while True:
-            yield np.asarray(clips(rng, batch_size), np.float32)
-    else:
-        yield from clips
-
-
 def reconstruction_loss(graphdef: nnx.GraphDef, params: nnx.State, waveform_bn, l2_weight: float):
     """Mean absolute log-mel error (nats) + optional squared error, and the absolute error alone."""
     recon_btm, target_btm = nnx.merge(graphdef, params)(waveform_bn)
     error_btm = recon_btm - target_btm
     l1 = jnp.mean(jnp.abs(error_btm))
-    return l1 + l2_weight * jnp.mean(error_btm**2), l1
+    return l1 + l2_weight * jnp.mean(error_btm**2), {"mel_l1": l1}
 
 
 def make_optimizer(cfg: AudioTokenizerConfig, steps: int) -> optax.GradientTransformation:
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.learning_rate, min(cfg.warmup_steps, max(steps - 1, 1)), max(steps, 2), end_value=cfg.learning_rate * 0.02
-    )
-    return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+    return warmup_cosine_adam(cfg.learning_rate, cfg.warmup_steps, steps)
 
 
 def train_audio_tokenizer(
@@ -406,7 +388,7 @@ def train_audio_tokenizer(
     seed: int = 0,
     log: Callable[[dict], None] | None = None,
 ) -> tuple[AudioTokenizer, dict]:
-    """Train from scratch; returns the model and {"steps", "seconds", "initial_mel_l1", "final_mel_l1", "losses"}.
+    """Train from scratch; returns the model and training.autoencoder.fit's metrics (loss = mel L1 [+ L2]).
 
     `clips`: float waveforms at 16 kHz as an array [N, samples], a sampler `fn(rng, batch_size)`,
     or an iterator of batches; by default fresh DTMF clips from the procedural world. The step is a
@@ -414,35 +396,9 @@ def train_audio_tokenizer(
     """
     steps = cfg.steps if steps is None else steps
     model = AudioTokenizer(cfg, nnx.Rngs(seed))
-    graphdef, params = nnx.split(model, nnx.Param)
-    tx = make_optimizer(cfg, steps)
-    opt_state = tx.init(params)
-
-    def step(params, opt_state, waveform_bn):
-        (_, loss), grads = jax.value_and_grad(reconstruction_loss, argnums=1, has_aux=True)(
-            graphdef, params, waveform_bn, cfg.l2_weight
-        )
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    step = jax.jit(step, donate_argnums=(0, 1))
-    start, losses = time.perf_counter(), []
-    batches = _batches(dtmf_clips if clips is None else clips, cfg.batch_size, seed)
-    for i in range(steps):
-        params, opt_state, loss = step(params, opt_state, next(batches))
-        if i % 25 == 0 or i == steps - 1:
-            loss = float(loss)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"audio tokenizer loss is {loss} at step {i}")
-            losses.append((i, loss))
-            if log:
-                log({"step": i, "mel_l1": loss, "seconds": time.perf_counter() - start})
-    nnx.update(model, params)
-    metrics = {
-        "steps": steps, "seconds": time.perf_counter() - start,
-        "initial_mel_l1": losses[0][1], "final_mel_l1": losses[-1][1], "losses": losses,
-    }
-    return model, metrics
+    loss_fn = functools.partial(reconstruction_loss, l2_weight=cfg.l2_weight)
+    return fit("audio tokenizer", model, loss_fn, make_optimizer(cfg, steps), dtmf_clips if clips is None else clips,
+               cfg.batch_size, steps, seed, log, log_every=25)
 
 
 @functools.partial(jax.jit, static_argnums=0)

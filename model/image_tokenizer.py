@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import functools
 import io
-import math
-import time
-from typing import Callable, Iterator
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,10 +23,11 @@ import optax
 from flax import nnx
 from PIL import Image
 
-from model.layers import RMSNorm, param
 from configs.tokenizers import ImageTokenizerConfig
+from model.layers import RMSNorm, param
 from model.quantizers import FSQ
 from model.sharding import constrain
+from training.autoencoder import fit, warmup_cosine_adam
 
 
 class Conv(nnx.Module):
@@ -218,26 +217,14 @@ def prepare_image(image, size: int = 32) -> np.ndarray:
 # Training and evaluation
 
 
-def _batches(images, batch_size: int, seed: int) -> Iterator[np.ndarray]:
-    """Batches from an array [N, H, W, 3] (sampled with replacement), a sampler
-    `fn(rng, batch_size) -> array`, or an iterator of batches."""
-    rng = np.random.default_rng(seed)
-    if isinstance(images, np.ndarray):
-        while True:
-            yield images[rng.integers(0, len(images), batch_size)]
-    elif callable(images):
-        while True:
-            yield np.asarray(images(rng, batch_size))
-    else:
-        yield from images
-
-
 def reconstruction_loss(graphdef: nnx.GraphDef, params: nnx.State, images_bhwc):
-    """Mean squared error in [0, 1] pixel units: exactly what PSNR scores. Aux: the batch's code indices."""
+    """Mean squared error in [0, 1] pixel units: exactly what PSNR scores. Aux: how many codes the batch used."""
     model = nnx.merge(graphdef, params)
     recon_bhwc, codes_bhwc = model(images_bhwc)
     mse = jnp.mean((recon_bhwc - _to_unit_float(images_bhwc)) ** 2)
-    return mse, model.fsq.codes_to_indices(codes_bhwc)
+    indices = model.fsq.codes_to_indices(codes_bhwc).reshape(-1)
+    distinct = jnp.zeros(model.fsq.codebook_size, bool).at[indices].set(True).sum()
+    return mse, {"batch_codes": distinct}
 
 
 def make_optimizer(cfg: ImageTokenizerConfig, steps: int) -> optax.GradientTransformation:
@@ -249,10 +236,7 @@ def make_optimizer(cfg: ImageTokenizerConfig, steps: int) -> optax.GradientTrans
     few dozen steps: at equal rates our short runs ended with 0.1-13% of the codes in use and
     lower PSNR; at 0.3-0.5 of the rate, 55-85% (lower scales use more codes, at ~1 dB PSNR).
     """
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.learning_rate, min(cfg.warmup_steps, max(steps - 1, 1)), max(steps, 2), end_value=cfg.learning_rate * 0.02
-    )
-    adam = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+    adam = warmup_cosine_adam(cfg.learning_rate, cfg.warmup_steps, steps)
 
     def part(params):  # "encoder" / "decoder": the top-level attribute each parameter lives under
         return jax.tree_util.tree_map_with_path(lambda path, _: str(path[0].key), params)
@@ -267,46 +251,16 @@ def train_image_tokenizer(
     seed: int = 0,
     log: Callable[[dict], None] | None = None,
 ) -> tuple[ImageTokenizer, dict]:
-    """Train from scratch; returns the model and {"steps", "seconds", "final_mse", "losses"}.
+    """Train from scratch; returns the model and training.autoencoder.fit's metrics (loss = MSE).
 
     `images`: an array [N, H, W, 3] uint8, a sampler `fn(rng, batch_size)`, or an iterator of
     batches. The step is a pure jitted function over the split state, donating params and
     optimizer state.
     """
     steps = cfg.steps if steps is None else steps
-    if steps < 1:
-        raise ValueError(f"train_image_tokenizer needs at least one step, got steps={steps}")
     model = ImageTokenizer(cfg, nnx.Rngs(seed))
-    graphdef, params = nnx.split(model, nnx.Param)
-    tx = make_optimizer(cfg, steps)
-    opt_state = tx.init(params)
-
-    def step(params, opt_state, images_bhwc):
-        (mse, codes_bhw), grads = jax.value_and_grad(reconstruction_loss, argnums=1, has_aux=True)(
-            graphdef, params, images_bhwc
-        )
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, mse, codes_bhw
-
-    step = jax.jit(step, donate_argnums=(0, 1))
-    start, losses = time.perf_counter(), []
-    batches = _batches(images, cfg.batch_size, seed)
-    for i in range(steps):
-        batch = next(batches, None)
-        if batch is None:
-            raise ValueError(f"the image iterator ran out after {i} of {steps} steps")
-        params, opt_state, mse, codes_bhw = step(params, opt_state, batch)
-        if i % 50 == 0 or i == steps - 1:
-            mse = float(mse)
-            if not math.isfinite(mse):
-                raise FloatingPointError(f"image tokenizer loss is {mse} at step {i}")
-            losses.append((i, mse))
-            if log:
-                distinct = len(np.unique(np.asarray(codes_bhw)))
-                log({"step": i, "mse": mse, "batch_codes": distinct, "seconds": time.perf_counter() - start})
-    nnx.update(model, params)
-    metrics = {"steps": steps, "seconds": time.perf_counter() - start, "final_mse": losses[-1][1], "losses": losses}
-    return model, metrics
+    return fit("image tokenizer", model, reconstruction_loss, make_optimizer(cfg, steps), images, cfg.batch_size,
+               steps, seed, log)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from helpers import small_model_config
 from jax.sharding import NamedSharding
 
 from configs.base import MeshConfig
-from helpers import small_model_config
 from model.sharding import init_sharded, logical_to_spec, make_mesh, state_shardings
 from model.transformer import Transformer, forward
 

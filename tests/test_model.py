@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-
 from helpers import build, jit_forward, small_model_config
+
 from model.attention import KVCache
 from model.loss import cross_entropy
 from model.sharding import LOGICAL_RULES
