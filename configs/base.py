@@ -115,9 +115,13 @@ class DataConfig:
     seq_len: int = 512
     global_batch_size: int = 8
     seed: int = 0
+    overlong: Literal["truncate", "drop"] = "truncate"  # an example longer than a row: cut it, or skip it
+    packing_bins: int = 16  # rows first-fit packing fills at once (more: denser rows, more latency)
 
     def __post_init__(self):
-        _check_positive("data", self, ("seq_len", "global_batch_size"))
+        _check_positive("data", self, ("seq_len", "global_batch_size", "packing_bins"))
+        if self.overlong not in ("truncate", "drop"):
+            _fail("data.overlong", f"must be 'truncate' or 'drop', got {self.overlong!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,125 @@
+"""tfds data source -> grain: template, tokenize, pack, batch; sharded per process, resumable.
+
+    source[i]                         a record, random access (tfds ArrayRecord data source)
+      -> this process's share         indices process_index, process_index + count, ...
+      -> shuffle, repeat              grain index shuffling: nothing is buffered, so it resumes exactly
+      -> template + encode            world record -> segments with loss marks -> ids (data/vocab.py)
+      -> overlong: truncate or drop   counted in `PipelineStats`
+      -> first-fit packing            rows of seq_len; segment ids 1..k, positions restart per segment
+      -> batch                        this process's rows of the global batch
+
+Each training row carries `inputs`, `targets` (inputs shifted by one), `loss_mask` (the target
+is one the template says the model must produce), `modality` (of the target), and the packing's
+`segment_ids` / `positions`. The iterator's `get_state()` / `set_state()` resume it exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grain
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+
+from configs.base import DataConfig
+from data import templates
+from data.vocab import Vocabulary
+from data.world_builder import decode_segments
+from model.sharding import logical_to_spec
+
+FEATURES = ("inputs", "targets", "loss_mask", "modality")
+
+
+@dataclasses.dataclass
+class PipelineStats:
+    """What the pipeline did to examples, counted in this process."""
+
+    examples: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    tasks: dict = dataclasses.field(default_factory=dict)
+
+
+def process_share(source, process_index: int, process_count: int) -> grain.MapDataset:
+    """This process's records: every `process_count`-th, starting at `process_index` (disjoint, covering)."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is outside [0, {process_count})")
+    if len(source) == 0:
+        raise ValueError("the data source is empty: nothing to train on")
+    return grain.MapDataset.source(source)[process_index::process_count]
+
+
+def training_example(record, index: int, vocab: Vocabulary, cfg: DataConfig, stats: PipelineStats) -> dict | None:
+    """One record -> one unpacked training sequence; None when it is too long and cfg says drop."""
+    kind = record["kind"]
+    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+    task, segments = templates.apply(kind, decode_segments(record), np.random.default_rng([cfg.seed, index]))
+    encoded = vocab.encode(segments)
+    stats.examples += 1
+    stats.tasks[task] = stats.tasks.get(task, 0) + 1
+    length = len(encoded.ids) - 1  # inputs and targets are the ids shifted against each other
+    if length > cfg.seq_len:
+        if cfg.overlong == "drop":
+            stats.dropped += 1
+            if stats.dropped == stats.examples >= 100:  # filtering would spin forever on an endless stream
+                raise ValueError(f"config field `data.seq_len`: all {stats.examples} examples so far are longer "
+                                 f"than {cfg.seq_len} tokens, and data.overlong='drop' skips every one")
+            return None
+        stats.truncated += 1
+    keep = min(length, cfg.seq_len)
+    return {
+        "inputs": encoded.ids[:keep],
+        "targets": encoded.ids[1 : keep + 1],
+        "loss_mask": encoded.loss_mask[1 : keep + 1].astype(np.int32),
+        "modality": encoded.modality[1 : keep + 1].astype(np.int32),
+    }
+
+
+def packed_batches(
+    source,
+    vocab: Vocabulary,
+    cfg: DataConfig,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    stats: PipelineStats | None = None,
+) -> grain.IterDataset:
+    """Batches of packed rows for this process: dicts of int32 [rows, seq_len] arrays."""
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if cfg.global_batch_size % process_count:
+        raise ValueError(f"config field `data.global_batch_size`: {cfg.global_batch_size} does not split over "
+                         f"{process_count} processes")
+    stats = PipelineStats() if stats is None else stats
+    examples = (
+        process_share(source, process_index, process_count)
+        .shuffle(seed=cfg.seed)
+        .repeat()
+        .map_with_index(lambda index, record: training_example(record, index, vocab, cfg, stats))
+        .filter(lambda example: example is not None)
+    )
+    packed = grain.experimental.FirstFitPackIterDataset(
+        examples.to_iter_dataset(),
+        length_struct={name: cfg.seq_len for name in FEATURES},
+        num_packing_bins=cfg.packing_bins,
+        seed=cfg.seed,
+    )
+    return packed.map(_rename_packing_fields).batch(cfg.global_batch_size // process_count)
+
+
+def _rename_packing_fields(row: dict) -> dict:
+    """Grain writes segment ids and positions per feature; every feature shares the inputs' ones."""
+    out = {name: row[name] for name in FEATURES}
+    out["segment_ids"], out["positions"] = row["inputs_segment_ids"], row["inputs_positions"]
+    return out
+
+
+def packing_efficiency(batch: dict) -> float:
+    """The share of positions that hold a real token rather than padding."""
+    return float(np.mean(np.asarray(batch["segment_ids"]) != 0))
+
+
+def to_global(batch: dict, mesh: Mesh) -> dict:
+    """This process's rows -> global arrays split over the mesh's batch axes."""
+    sharding = NamedSharding(mesh, logical_to_spec(("batch", "length")))
+    return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value)) for name, value in batch.items()}

@@ -1,0 +1,139 @@
+"""The input pipeline: templates mark answers, packing keeps sequences apart, resume is exact, shards split."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from configs.base import DataConfig
+from data import templates
+from data.pipeline import PipelineStats, packed_batches, packing_efficiency, process_share
+from data.segments import IMAGE, Audio, Image, Text
+from data.text_tokenizer import train_text_tokenizer
+from data.vocab import Vocabulary
+from data.world_builder import build_world
+from helpers import build, jit_forward, small_model_config
+from training.tokenizer_stage import world_texts
+
+
+class BlockColourCodec:
+    """Test double for the image tokenizer: the mean colour of each 4x4 block, 10 levels a channel."""
+
+    def encode(self, pixels):
+        blocks = np.asarray(pixels, np.float32).reshape(8, 4, 8, 4, 3).mean(axis=(1, 3)) / 256 * 10
+        digits = blocks.astype(int).reshape(64, 3)
+        return digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]
+
+    def decode(self, codes):
+        digits = np.stack([codes // 100, codes // 10 % 10, codes % 10], -1).reshape(8, 8, 3)
+        return np.repeat(np.repeat((digits * 25.6).astype(np.uint8), 4, 0), 4, 1)
+
+
+class FrameLevelCodec:
+    """Test double for the audio tokenizer: the RMS level of each 40 ms frame (25 per second)."""
+
+    def encode(self, waveform):
+        frames = np.asarray(waveform, np.float32).reshape(-1, 640)
+        return np.minimum(999, (np.sqrt((frames**2).mean(-1)) * 1000).astype(int))
+
+    def decode(self, codes):
+        return np.repeat(np.asarray(codes, np.float32) / 1000, 640)
+
+
+MODEL = small_model_config(text_vocab_size=1024, image_vocab_size=1000, audio_vocab_size=1000, max_seq_len=256)
+DATA = DataConfig(seq_len=256, global_batch_size=4, packing_bins=4)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_world(str(tmp_path_factory.mktemp("world")), seed=5, train=90, validation=9, compositional=6)
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    text = train_text_tokenizer(world_texts(0, 300), MODEL.text_vocab_size)
+    return Vocabulary(text, MODEL, image=BlockColourCodec(), audio=FrameLevelCodec())
+
+
+def trained_ids(vocab, segments):
+    encoded = vocab.encode(segments)
+    return encoded.ids[encoded.loss_mask].tolist()
+
+
+def test_templates_train_the_answer_and_never_the_prompt(vocab):
+    pixels = np.full((32, 32, 3), 200, np.uint8)
+    clip = np.zeros(16000, np.float32)
+    eos, boi, eoi = vocab.ids["<eos>"], vocab.ids["<boi>"], vocab.ids["<eoi>"]
+    caption = templates.captioning(Image(pixels=pixels), "a small red circle in the top left")
+    assert trained_ids(vocab, caption) == vocab.text.encode("a small red circle in the top left") + [eos]
+    drawing = trained_ids(vocab, templates.drawing(Image(pixels=pixels), "a small red circle in the top left"))
+    assert drawing[0] == boi and drawing[-2:] == [eoi, eos] and len(drawing) == 64 + 3
+    assert (vocab.modality_of(np.array(drawing[1:-2])) == IMAGE).all()
+    transcript = templates.transcription(Audio(waveform=clip), "tones 1 5 #")
+    assert trained_ids(vocab, transcript) == vocab.text.encode("tones 1 5 #") + [eos]
+    document = vocab.encode(templates.document([Text("Listen:", loss=False), Audio(waveform=clip)]))
+    assert document.loss_mask[1:].all() and not document.loss_mask[0]  # all but <bos>
+
+
+def test_packed_rows_keep_sequences_apart_with_positions_restarting(world, vocab):
+    batch = next(iter(packed_batches(world.as_data_source()["train"], vocab, DATA, 0, 1)))
+    assert batch["inputs"].shape == (4, 256) and packing_efficiency(batch) > 0.5
+    graphdef, state = build(MODEL)
+    row = 0
+    segments, positions = batch["segment_ids"][row], batch["positions"][row]
+    packed_logits, _ = jit_forward(graphdef, state, batch["inputs"][row : row + 1], positions[None], segments[None])
+    assert segments.max() >= 2, "a row should hold several sequences"
+    for segment in range(1, segments.max() + 1):
+        where = np.flatnonzero(segments == segment)
+        assert (np.diff(where) == 1).all() and (positions[where] == np.arange(len(where))).all()
+        alone, _ = jit_forward(graphdef, state, batch["inputs"][row : row + 1, where])
+        np.testing.assert_allclose(packed_logits[0, where], alone[0], rtol=1e-4, atol=1e-4)
+    # Targets are the inputs shifted within each sequence.
+    first = np.flatnonzero(segments == 1)
+    assert (batch["targets"][row, first[:-1]] == batch["inputs"][row, first[1:]]).all()
+
+
+def test_resuming_from_a_saved_state_gives_the_batches_of_a_straight_run(world, vocab):
+    source = world.as_data_source()["train"]
+    straight = iter(packed_batches(source, vocab, DATA, 0, 1))
+    for _ in range(3):
+        next(straight)
+    state = straight.get_state()
+    expected = [next(straight) for _ in range(2)]
+    resumed = iter(packed_batches(source, vocab, DATA, 0, 1))
+    resumed.set_state(state)
+    for want in expected:
+        got = next(resumed)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_two_processes_read_disjoint_shares_that_cover_the_data():
+    source = list(range(101))
+    shares = [set(process_share(source, index, 2)) for index in range(2)]
+    assert not shares[0] & shares[1] and shares[0] | shares[1] == set(source)
+
+
+def test_overlong_examples_are_truncated_or_dropped_and_counted(world, vocab):
+    source = world.as_data_source()["train"]
+    for overlong in ("truncate", "drop"):
+        stats = PipelineStats()
+        cfg = dataclasses.replace(DATA, seq_len=100, overlong=overlong)  # captions fit, documents do not
+        batch = next(iter(packed_batches(source, vocab, cfg, 0, 1, stats=stats)))
+        assert batch["inputs"].shape == (4, 100)
+        assert (stats.truncated if overlong == "truncate" else stats.dropped) > 0
+        assert (stats.dropped if overlong == "truncate" else stats.truncated) == 0
+    assert set(stats.tasks) <= set(templates.TASKS)
+    with pytest.raises(ValueError, match="data.seq_len"):  # nothing fits: a clear error, not an endless filter
+        next(iter(packed_batches(source, vocab, dataclasses.replace(DATA, seq_len=10, overlong="drop"), 0, 1)))
+
+
+def test_an_empty_source_and_an_unsplittable_batch_are_named(vocab):
+    with pytest.raises(ValueError, match="empty"):
+        packed_batches([], vocab, DATA, 0, 1)
+    with pytest.raises(ValueError, match="data.global_batch_size"):
+        packed_batches([1], vocab, dataclasses.replace(DATA, global_batch_size=5), 0, 2)
+    with pytest.raises(ValueError, match="data.overlong"):
+        DataConfig(overlong="wrap")
+    assert jax.process_count() == 1
