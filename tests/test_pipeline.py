@@ -5,6 +5,7 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
+from helpers import build, jit_forward, small_model_config
 
 from configs.base import DataConfig
 from data import templates
@@ -13,7 +14,6 @@ from data.segments import IMAGE, Audio, Image, Text
 from data.text_tokenizer import train_text_tokenizer
 from data.vocab import Vocabulary
 from data.world_builder import build_world
-from helpers import build, jit_forward, small_model_config
 from training.tokenizer_stage import world_texts
 
 
