@@ -117,6 +117,7 @@ class DataConfig:
     seed: int = 0
     overlong: Literal["truncate", "drop"] = "truncate"  # an example longer than a row: cut it, or skip it
     packing_bins: int = 16  # rows first-fit packing fills at once (more: denser rows, more latency)
+    prefetch: int = 2  # batches a background thread keeps ready (0: none)
 
     def __post_init__(self):
         _check_positive("data", self, ("seq_len", "global_batch_size", "packing_bins"))

@@ -3,10 +3,12 @@
     source[i]                         a record, random access (tfds ArrayRecord data source)
       -> this process's share         indices process_index, process_index + count, ...
       -> shuffle, repeat              grain index shuffling: nothing is buffered, so it resumes exactly
+      -> mix                          several named sources by weight (grain's deterministic mix)
       -> template + encode            world record -> segments with loss marks -> ids (data/vocab.py)
       -> overlong: truncate or drop   counted in `PipelineStats`
       -> first-fit packing            rows of seq_len; segment ids 1..k, positions restart per segment
       -> batch                        this process's rows of the global batch
+      -> prefetch                     a background thread keeps `data.prefetch` batches ready
 
 Each training row carries `inputs`, `targets` (inputs shifted by one), `loss_mask` (the target
 is one the template says the model must produce), `modality` (of the target), and the packing's
@@ -39,6 +41,7 @@ class PipelineStats:
     truncated: int = 0
     dropped: int = 0
     tasks: dict = dataclasses.field(default_factory=dict)
+    sources: dict = dataclasses.field(default_factory=dict)
 
 
 def process_share(source, process_index: int, process_count: int) -> grain.MapDataset:
@@ -50,8 +53,10 @@ def process_share(source, process_index: int, process_count: int) -> grain.MapDa
     return grain.MapDataset.source(source)[process_index::process_count]
 
 
-def training_example(record, index: int, vocab: Vocabulary, cfg: DataConfig, stats: PipelineStats) -> dict | None:
-    """One record -> one unpacked training sequence; None when it is too long and cfg says drop."""
+def training_example(named_record, index: int, vocab: Vocabulary, cfg: DataConfig, stats: PipelineStats) -> dict | None:
+    """One (source name, record) -> one unpacked training sequence; None when too long and cfg says drop."""
+    name, record = named_record
+    stats.sources[name] = stats.sources.get(name, 0) + 1
     kind = record["kind"]
     kind = kind.decode() if isinstance(kind, bytes) else str(kind)
     task, segments = templates.apply(kind, decode_segments(record), np.random.default_rng([cfg.seed, index]))
@@ -77,26 +82,38 @@ def training_example(record, index: int, vocab: Vocabulary, cfg: DataConfig, sta
 
 
 def packed_batches(
-    source,
+    sources,
     vocab: Vocabulary,
     cfg: DataConfig,
     process_index: int | None = None,
     process_count: int | None = None,
     stats: PipelineStats | None = None,
+    weights: dict[str, float] | None = None,
 ) -> grain.IterDataset:
-    """Batches of packed rows for this process: dicts of int32 [rows, seq_len] arrays."""
+    """Batches of packed rows for this process: dicts of int32 [rows, seq_len] arrays.
+
+    `sources`: one data source, or a dict name -> data source mixed by `weights` (default equal).
+    """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     if cfg.global_batch_size % process_count:
         raise ValueError(f"config field `data.global_batch_size`: {cfg.global_batch_size} does not split over "
                          f"{process_count} processes")
+    sources = sources if isinstance(sources, dict) else {"main": sources}
+    weights = weights or {name: 1.0 for name in sources}
+    if set(weights) != set(sources) or min(weights.values()) <= 0:
+        raise ValueError(f"mixture weights {weights} must be positive and name exactly the sources {sorted(sources)}")
     stats = PipelineStats() if stats is None else stats
-    examples = (
+    streams = [
         process_share(source, process_index, process_count)
-        .shuffle(seed=cfg.seed)
+        .shuffle(seed=cfg.seed + i)
         .repeat()
-        .map_with_index(lambda index, record: training_example(record, index, vocab, cfg, stats))
-        .filter(lambda example: example is not None)
+        .map(lambda record, name=name: (name, record))
+        for i, (name, source) in enumerate(sources.items())
+    ]
+    mixed = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, [weights[n] for n in sources])
+    examples = mixed.map_with_index(lambda index, named: training_example(named, index, vocab, cfg, stats)).filter(
+        lambda example: example is not None
     )
     packed = grain.experimental.FirstFitPackIterDataset(
         examples.to_iter_dataset(),
@@ -104,7 +121,10 @@ def packed_batches(
         num_packing_bins=cfg.packing_bins,
         seed=cfg.seed,
     )
-    return packed.map(_rename_packing_fields).batch(cfg.global_batch_size // process_count)
+    batches = packed.map(_rename_packing_fields).batch(cfg.global_batch_size // process_count)
+    if cfg.prefetch:
+        batches = grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=cfg.prefetch)
+    return batches
 
 
 def _rename_packing_fields(row: dict) -> dict:

@@ -109,6 +109,20 @@ def test_resuming_from_a_saved_state_gives_the_batches_of_a_straight_run(world, 
             np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
+def test_a_mixture_draws_from_its_sources_by_weight(world, vocab):
+    sources = world.as_data_source()
+    stats = PipelineStats()
+    batches = iter(packed_batches({"train": sources["train"], "validation": sources["validation"]}, vocab,
+                                  dataclasses.replace(DATA, prefetch=0), 0, 1, stats=stats,
+                                  weights={"train": 3.0, "validation": 1.0}))
+    while stats.examples < 400:
+        next(batches)
+    share = stats.sources["validation"] / stats.examples
+    assert abs(share - 0.25) < 0.03, stats.sources
+    with pytest.raises(ValueError, match="mixture weights"):
+        packed_batches({"train": sources["train"]}, vocab, DATA, 0, 1, weights={"other": 1.0})
+
+
 def test_two_processes_read_disjoint_shares_that_cover_the_data():
     source = list(range(101))
     shares = [set(process_share(source, index, 2)) for index in range(2)]
