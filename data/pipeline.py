@@ -26,8 +26,8 @@ from jax.sharding import Mesh, NamedSharding
 
 from configs.base import DataConfig
 from data import templates
+from data.sources import Reader, read_world
 from data.vocab import Vocabulary
-from data.world_builder import decode_segments
 from model.sharding import logical_to_spec
 
 FEATURES = ("inputs", "targets", "loss_mask", "modality")
@@ -53,13 +53,13 @@ def process_share(source, process_index: int, process_count: int) -> grain.MapDa
     return grain.MapDataset.source(source)[process_index::process_count]
 
 
-def training_example(named_record, index: int, vocab: Vocabulary, cfg: DataConfig, stats: PipelineStats) -> dict | None:
+def training_example(named_record, index: int, vocab: Vocabulary, cfg: DataConfig, stats: PipelineStats,
+                     readers: dict[str, Reader]) -> dict | None:
     """One (source name, record) -> one unpacked training sequence; None when too long and cfg says drop."""
     name, record = named_record
     stats.sources[name] = stats.sources.get(name, 0) + 1
-    kind = record["kind"]
-    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
-    task, segments = templates.apply(kind, decode_segments(record), np.random.default_rng([cfg.seed, index]))
+    kind, segments = readers[name](record)
+    task, segments = templates.apply(kind, segments, np.random.default_rng([cfg.seed, index]))
     encoded = vocab.encode(segments)
     stats.examples += 1
     stats.tasks[task] = stats.tasks.get(task, 0) + 1
@@ -89,10 +89,12 @@ def packed_batches(
     process_count: int | None = None,
     stats: PipelineStats | None = None,
     weights: dict[str, float] | None = None,
+    readers: dict[str, Reader] | None = None,
 ) -> grain.IterDataset:
     """Batches of packed rows for this process: dicts of int32 [rows, seq_len] arrays.
 
-    `sources`: one data source, or a dict name -> data source mixed by `weights` (default equal).
+    `sources`: one data source, or a dict name -> data source mixed by `weights` (default equal);
+    `readers`: name -> record reader (data/sources.py), the world's by default.
     """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
@@ -101,6 +103,7 @@ def packed_batches(
                          f"{process_count} processes")
     sources = sources if isinstance(sources, dict) else {"main": sources}
     weights = weights or {name: 1.0 for name in sources}
+    readers = {name: (readers or {}).get(name, read_world) for name in sources}
     if set(weights) != set(sources) or min(weights.values()) <= 0:
         raise ValueError(f"mixture weights {weights} must be positive and name exactly the sources {sorted(sources)}")
     stats = PipelineStats() if stats is None else stats
@@ -112,7 +115,7 @@ def packed_batches(
         for i, (name, source) in enumerate(sources.items())
     ]
     mixed = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, [weights[n] for n in sources])
-    examples = mixed.map_with_index(lambda index, named: training_example(named, index, vocab, cfg, stats)).filter(
+    examples = mixed.map_with_index(lambda index, named: training_example(named, index, vocab, cfg, stats, readers)).filter(
         lambda example: example is not None
     )
     packed = grain.experimental.FirstFitPackIterDataset(

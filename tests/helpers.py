@@ -22,3 +22,7 @@ jit_forward = jax.jit(forward, static_argnums=0)
 
 def build(cfg: ModelConfig, seed: int = 0):
     return nnx.split(Transformer(cfg, rngs=nnx.Rngs(seed)))
+
+
+# The tiny preset's vocabulary layout (1,024 text + 1,000 image + 1,000 audio ids) on a small decoder.
+WORLD_MODEL = small_model_config(text_vocab_size=1024, image_vocab_size=1000, audio_vocab_size=1000, max_seq_len=256)

@@ -5,55 +5,21 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
-from helpers import build, jit_forward, small_model_config
+from helpers import WORLD_MODEL as MODEL
+from helpers import build, jit_forward
 
 from configs.base import DataConfig
 from data import templates
 from data.pipeline import PipelineStats, packed_batches, packing_efficiency, process_share
 from data.segments import IMAGE, Audio, Image, Text
-from data.text_tokenizer import train_text_tokenizer
-from data.vocab import Vocabulary
 from data.world_builder import build_world
-from training.tokenizer_stage import world_texts
 
-
-class BlockColourCodec:
-    """Test double for the image tokenizer: the mean colour of each 4x4 block, 10 levels a channel."""
-
-    def encode(self, pixels):
-        blocks = np.asarray(pixels, np.float32).reshape(8, 4, 8, 4, 3).mean(axis=(1, 3)) / 256 * 10
-        digits = blocks.astype(int).reshape(64, 3)
-        return digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]
-
-    def decode(self, codes):
-        digits = np.stack([codes // 100, codes // 10 % 10, codes % 10], -1).reshape(8, 8, 3)
-        return np.repeat(np.repeat((digits * 25.6).astype(np.uint8), 4, 0), 4, 1)
-
-
-class FrameLevelCodec:
-    """Test double for the audio tokenizer: the RMS level of each 40 ms frame (25 per second)."""
-
-    def encode(self, waveform):
-        frames = np.asarray(waveform, np.float32).reshape(-1, 640)
-        return np.minimum(999, (np.sqrt((frames**2).mean(-1)) * 1000).astype(int))
-
-    def decode(self, codes):
-        return np.repeat(np.asarray(codes, np.float32) / 1000, 640)
-
-
-MODEL = small_model_config(text_vocab_size=1024, image_vocab_size=1000, audio_vocab_size=1000, max_seq_len=256)
 DATA = DataConfig(seq_len=256, global_batch_size=4, packing_bins=4)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     return build_world(str(tmp_path_factory.mktemp("world")), seed=5, train=90, validation=9, compositional=6)
-
-
-@pytest.fixture(scope="module")
-def vocab():
-    text = train_text_tokenizer(world_texts(0, 300), MODEL.text_vocab_size)
-    return Vocabulary(text, MODEL, image=BlockColourCodec(), audio=FrameLevelCodec())
 
 
 def trained_ids(vocab, segments):

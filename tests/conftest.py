@@ -1,0 +1,43 @@
+"""Shared fixtures: a vocabulary over the world's text with cheap stand-in image and audio codecs."""
+
+import numpy as np
+import pytest
+from helpers import WORLD_MODEL
+
+from data.text_tokenizer import train_text_tokenizer
+from data.vocab import Vocabulary
+from model.image_tokenizer import prepare_image
+from training.tokenizer_stage import world_texts
+
+
+class BlockColourCodec:
+    """Test double for the image tokenizer: the mean colour of each 4x4 block, 10 levels a channel."""
+
+    def encode(self, pixels):
+        pixels = prepare_image(pixels, 32)  # any size in, as the real tokenizer's codec does
+        blocks = np.asarray(pixels, np.float32).reshape(8, 4, 8, 4, 3).mean(axis=(1, 3)) / 256 * 10
+        digits = blocks.astype(int).reshape(64, 3)
+        return digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]
+
+    def decode(self, codes):
+        digits = np.stack([codes // 100, codes // 10 % 10, codes % 10], -1).reshape(8, 8, 3)
+        return np.repeat(np.repeat((digits * 25.6).astype(np.uint8), 4, 0), 4, 1)
+
+
+class FrameLevelCodec:
+    """Test double for the audio tokenizer: the RMS level of each 40 ms frame (25 per second)."""
+
+    def encode(self, waveform):
+        frames = np.asarray(waveform, np.float32).reshape(-1, 640)
+        return np.minimum(999, (np.sqrt((frames**2).mean(-1)) * 1000).astype(int))
+
+    def decode(self, codes):
+        return np.repeat(np.asarray(codes, np.float32) / 1000, 640)
+
+
+@pytest.fixture(scope="session")
+def vocab():
+    text = train_text_tokenizer(world_texts(0, 300), WORLD_MODEL.text_vocab_size)
+    return Vocabulary(text, WORLD_MODEL, image=BlockColourCodec(), audio=FrameLevelCodec())
+
+
