@@ -14,6 +14,7 @@ from helpers import small_model_config
 from jax.sharding import NamedSharding
 
 from configs.base import MeshConfig
+from data.pipeline import to_global
 from model.sharding import init_sharded, logical_to_spec, make_mesh, state_shardings
 from model.transformer import Transformer, forward
 
@@ -63,7 +64,14 @@ def main() -> dict:
         dcn_tokens = jax.device_put(tokens, NamedSharding(dcn_mesh, logical_to_spec(("batch", "length"))))
         dcn_logits, _ = jax.jit(forward, static_argnums=0)(graphdef, dcn_state, dcn_tokens)
 
+    # 5. This process's rows of a batch laid onto the mesh as one global array.
+    local = {"inputs": np.arange(8 * 6, dtype=np.int32).reshape(8, 6)}
+    global_inputs = to_global(local, mesh)["inputs"]
+
     return {
+        "global_batch_spec": str(global_inputs.sharding.spec),
+        "global_batch_rows_per_device": int(global_inputs.addressable_shards[0].data.shape[0]),
+        "global_batch_equals_local": bool(np.array_equal(np.asarray(global_inputs), local["inputs"])),
         "dcn_mesh": dict(dcn_mesh.shape),
         "dcn_init_max_abs_diff": init_diff,
         "dcn_forward_max_abs_diff": float(jnp.abs(np.asarray(dcn_logits) - np.asarray(single)).max()),

@@ -2,8 +2,10 @@
 
 import dataclasses
 
+import grain
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from helpers import WORLD_MODEL as MODEL
 from helpers import build, jit_forward
@@ -117,3 +119,26 @@ def test_an_empty_source_and_an_unsplittable_batch_are_named(vocab):
     with pytest.raises(ValueError, match="data.overlong"):
         DataConfig(overlong="wrap")
     assert jax.process_count() == 1
+
+
+def test_the_iterator_state_saves_and_restores_with_an_orbax_checkpoint_beside_the_model(world, vocab, tmp_path):
+    source = world.as_data_source()["train"]
+    params = {"w": np.arange(6.0).reshape(2, 3)}
+    straight = iter(packed_batches(source, vocab, DATA, 0, 1))
+    for _ in range(2):
+        next(straight)
+    with ocp.CheckpointManager(tmp_path / "ckpt", item_names=("params", "data")) as manager:
+        manager.save(2, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                 data=grain.checkpoint.CheckpointSave(straight)))
+        manager.wait_until_finished()
+    expected = [next(straight) for _ in range(2)]
+
+    resumed = iter(packed_batches(source, vocab, DATA, 0, 1))
+    with ocp.CheckpointManager(tmp_path / "ckpt", item_names=("params", "data")) as manager:
+        restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(params), data=grain.checkpoint.CheckpointRestore(resumed)))
+    np.testing.assert_array_equal(restored["params"]["w"], params["w"])
+    for want in expected:
+        got = next(resumed)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)

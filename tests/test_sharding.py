@@ -60,3 +60,8 @@ def test_a_mesh_across_slices_initialises_the_same_parameters_and_logits(facts):
     assert facts["dcn_mesh"] == {"dcn_data": 2, "data": 1, "fsdp": 2, "tensor": 2}
     assert facts["dcn_init_max_abs_diff"] == 0.0, "initial values must not depend on the mesh"
     assert facts["dcn_forward_max_abs_diff"] < 1e-5 * max(1.0, facts["forward_max_abs_logit"])
+
+
+def test_a_process_batch_becomes_a_global_array_split_over_the_batch_axes(facts):
+    assert facts["global_batch_spec"] == "P(('dcn_data', 'data', 'fsdp'), None)"
+    assert facts["global_batch_rows_per_device"] == 2 and facts["global_batch_equals_local"]
