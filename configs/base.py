@@ -135,9 +135,12 @@ class TrainConfig:
     grad_accum_steps: int = 1
     z_loss_weight: float = 1e-4  # pulls log Z toward 0, the stability fix early-fusion models needed
     seed: int = 0
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
 
     def __post_init__(self):
-        _check_positive("train", self, ("steps", "learning_rate", "grad_clip_norm", "grad_accum_steps"))
+        _check_positive("train", self, ("steps", "learning_rate", "grad_clip_norm", "grad_accum_steps",
+                                        "checkpoint_every", "keep_checkpoints"))
         if self.warmup_steps < 0:
             _fail("train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         if self.z_loss_weight < 0:
@@ -166,6 +169,9 @@ class Config:
     tokenizers: TokenizersConfig = TokenizersConfig()
 
     def __post_init__(self):
+        if self.data.global_batch_size % self.train.grad_accum_steps:
+            _fail("train.grad_accum_steps", f"{self.train.grad_accum_steps} does not divide "
+                  f"data.global_batch_size={self.data.global_batch_size}")
         for kind in ("image", "audio"):
             codes = getattr(self.tokenizers, kind).codebook_size
             if getattr(self.model, f"{kind}_vocab_size") != codes:

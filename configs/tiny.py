@@ -23,6 +23,6 @@ def config() -> Config:
         ),
         mesh=MeshConfig(data=-1, fsdp=1, tensor=1),
         data=DataConfig(seq_len=512, global_batch_size=8),
-        train=TrainConfig(steps=2000, learning_rate=1e-3, warmup_steps=100),
+        train=TrainConfig(steps=300, learning_rate=1e-3, warmup_steps=30, checkpoint_every=100),
         serve=ServeConfig(slots=8, max_cache_len=512),
     )

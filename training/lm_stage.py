@@ -1,0 +1,110 @@
+"""The LM stage: train the decoder on the packed pipeline, checkpointing and logging as it goes.
+
+    <workdir>/checkpoints/<step>/   orbax: train state, data iterator state, resolved config
+    <workdir>/metrics.jsonl         one JSON object per logged step
+
+Re-running the same command resumes from the latest checkpoint (model, optimizer, step and the
+data iterator together). SIGTERM (a TPU preemption notice) saves and exits cleanly. A NaN or inf
+loss stops the run naming the step, after saving the last good state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Callable
+
+import grain
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from flax import nnx
+from tqdm import tqdm
+
+from configs.base import Config
+from data.pipeline import PipelineStats, packed_batches, to_global
+from data.vocab import Vocabulary
+from data.world_builder import build_world
+from model.costs import train_flops_per_token
+from model.sharding import make_mesh
+from model.transformer import init_model
+from training.train_step import make_optimizer, modality_losses, train_step
+
+ITEMS = ("state", "data", "config")
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, source=None, log: Callable[[str], None] = print) -> dict:
+    """Train to `cfg.train.steps`, resuming from `workdir` if it holds a checkpoint; returns the last metrics."""
+    workdir = Path(workdir).absolute()
+    mesh = make_mesh(cfg.mesh)
+    graphdef, model_state = init_model(cfg.model, mesh, cfg.train.seed)
+    params = nnx.state(nnx.merge(graphdef, model_state), nnx.Param)
+    tx = make_optimizer(cfg.train)
+    with jax.set_mesh(mesh):
+        state = {"params": params, "opt_state": jax.jit(tx.init)(params), "step": jnp.zeros((), jnp.int32)}
+        step_fn = jax.jit(train_step(graphdef, tx, cfg.train), donate_argnums=0)
+
+    if source is None:
+        source = build_world(str(workdir / "data")).as_data_source()["train"]
+    stats = PipelineStats()
+    batches = iter(packed_batches(source, vocab, cfg.data, stats=stats))
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=cfg.train.keep_checkpoints, enable_async_checkpointing=True)
+    manager = ocp.CheckpointManager(workdir / "checkpoints", options=options, item_names=ITEMS)
+    start_step = 0
+    if manager.latest_step() is not None:
+        restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(state), data=grain.checkpoint.CheckpointRestore(batches)))
+        state, start_step = restored["state"], int(restored["state"]["step"])
+        log(f"resumed from {workdir / 'checkpoints'} at step {start_step}")
+
+    def save(step: int) -> None:
+        manager.save(step, force=True, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(batches),
+            config=ocp.args.JsonSave(dataclasses.asdict(cfg))))
+
+    preempted = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
+    tokens_per_step = cfg.data.global_batch_size * cfg.data.seq_len
+    flops_per_step = train_flops_per_token(cfg.model, cfg.data.seq_len) * tokens_per_step
+    last: dict = {}
+    try:
+        with open(workdir / "metrics.jsonl", "a") as metrics_file, jax.set_mesh(mesh):
+            progress = tqdm(range(start_step, cfg.train.steps), initial=start_step, total=cfg.train.steps,
+                            desc="train", dynamic_ncols=True)
+            for step in progress:
+                started = time.perf_counter()
+                batch = to_global(next(batches), mesh)
+                waited = time.perf_counter() - started
+                state, metrics = step_fn(state, batch)
+                if not bool(metrics["finite"]):
+                    save(step)  # the state the step returned is the last good one
+                    manager.wait_until_finished()
+                    raise NonFiniteLoss(f"loss or gradient is not finite at step {step}; the last good state "
+                                        f"is saved in {workdir / 'checkpoints'} at step {step}")
+                seconds = time.perf_counter() - started
+                last = {"step": step + 1, "loss": float(metrics["loss"]), "nll": float(metrics["nll"]),
+                        "z_loss": float(metrics["z_loss"]), "grad_norm": float(metrics["grad_norm"]),
+                        "learning_rate": float(metrics["learning_rate"]), **modality_losses(metrics),
+                        "tokens_per_s": tokens_per_step / seconds, "model_flops_per_s": flops_per_step / seconds,
+                        "data_wait_s": waited, "step_s": seconds, "examples_truncated": stats.truncated,
+                        "examples_dropped": stats.dropped}
+                metrics_file.write(json.dumps(last) + "\n")
+                progress.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
+                if (step + 1) % cfg.train.checkpoint_every == 0 or step + 1 == cfg.train.steps or preempted:
+                    save(step + 1)
+                if preempted:
+                    log(f"SIGTERM: saved step {step + 1} and stopped")
+                    break
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+        signal.signal(signal.SIGTERM, previous)
+    return last
