@@ -30,7 +30,10 @@ def main() -> None:
         print(f"tokenizers: found under {workdir}/tokenizers, not retrained")
     if flags.stage in ("all", "lm"):
         last = train_lm(cfg, workdir, load_vocabulary(cfg, workdir))
-        print("last step:", json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()}))
+        if last:
+            print("last step:", json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()}))
+        else:
+            print(f"the LM is already trained to train.steps={cfg.train.steps}; raise it to train further")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, source=None, log: Ca
         restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
             state=ocp.args.StandardRestore(state), data=grain.checkpoint.CheckpointRestore(batches)))
         state, start_step = restored["state"], int(restored["state"]["step"])
-        log(f"resumed from {workdir / 'checkpoints'} at step {start_step}")
+        log(f"resumed from {workdir / 'checkpoints'} at step {start_step} of {cfg.train.steps}")
 
     def save(step: int) -> None:
         manager.save(step, force=True, args=ocp.args.Composite(
