@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from helpers import WORLD_MODEL
 
 from data.text_tokenizer import train_text_tokenizer
 from data.vocab import Vocabulary
 from model.image_tokenizer import prepare_image
+from tests.helpers import WORLD_MODEL
 from training.tokenizer_stage import world_texts
 
 

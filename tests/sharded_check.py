@@ -1,6 +1,6 @@
 """Run in a subprocess with 8 simulated CPU devices; prints one JSON object of facts to check.
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharded_check.py
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 PYTHONPATH=. python tests/sharded_check.py
 """
 
 import json
@@ -10,13 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from helpers import small_model_config
 from jax.sharding import NamedSharding
 
 from configs.base import MeshConfig
 from data.pipeline import to_global
 from model.sharding import init_sharded, logical_to_spec, make_mesh, state_shardings
 from model.transformer import Transformer, forward
+from tests.helpers import small_model_config
 
 
 def main() -> dict:

@@ -5,10 +5,9 @@ import json
 import os
 import signal
 
-from helpers import WORLD_MODEL
-
 from configs import get_config
 from data.world_builder import build_world
+from tests.helpers import WORLD_MODEL
 from training.lm_stage import train_lm
 
 STEPS = 6

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import build, jit_forward, small_model_config
 
 from model.attention import KVCache
 from model.loss import cross_entropy
 from model.sharding import LOGICAL_RULES
+from tests.helpers import build, jit_forward, small_model_config
 
 VARIANTS = {
     "mqa": dict(num_kv_heads=1),

@@ -7,14 +7,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from helpers import WORLD_MODEL as MODEL
-from helpers import build, jit_forward
 
 from configs.base import DataConfig
 from data import templates
 from data.pipeline import PipelineStats, packed_batches, packing_efficiency, process_share
 from data.segments import IMAGE, Audio, Image, Text
 from data.world_builder import build_world
+from tests.helpers import WORLD_MODEL as MODEL
+from tests.helpers import build, jit_forward
 
 DATA = DataConfig(seq_len=256, global_batch_size=4, packing_bins=4)
 

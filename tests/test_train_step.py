@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from helpers import build, small_model_config
 
 from configs.base import TrainConfig
+from tests.helpers import build, small_model_config
 from training.train_step import make_optimizer, modality_losses, train_step
 
 CFG = small_model_config()

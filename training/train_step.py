@@ -17,32 +17,28 @@ from data.segments import MODALITY_NAMES
 from model.loss import cross_entropy
 
 
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    schedule = optax.warmup_cosine_decay_schedule(
+def schedule(cfg: TrainConfig) -> optax.Schedule:
+    """Linear warmup, then cosine decay to a tenth of the peak at `cfg.steps`."""
+    return optax.warmup_cosine_decay_schedule(
         0.0, cfg.learning_rate, min(cfg.warmup_steps, max(cfg.steps - 1, 1)), max(cfg.steps, 2),
         end_value=cfg.learning_rate * 0.1,
     )
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     # Decay matrices only: norm scales (1-D) are left alone, as is usual for transformers.
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
     return optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip_norm),
-        optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=cfg.weight_decay, mask=decay_mask),
+        optax.adamw(schedule(cfg), b1=0.9, b2=0.95, weight_decay=cfg.weight_decay, mask=decay_mask),
     )
-
-
-def learning_rate(cfg: TrainConfig, step) -> jax.Array:
-    return optax.warmup_cosine_decay_schedule(
-        0.0, cfg.learning_rate, min(cfg.warmup_steps, max(cfg.steps - 1, 1)), max(cfg.steps, 2),
-        end_value=cfg.learning_rate * 0.1,
-    )(step)
 
 
 def loss_and_metrics(graphdef: nnx.GraphDef, params: nnx.State, batch: dict, z_loss_weight: float):
     """Masked next-token loss over packed rows, plus the per-modality sums that make separate losses."""
     logits_btv, _ = nnx.merge(graphdef, params)(batch["inputs"], batch["positions"], batch["segment_ids"])
     loss, parts = cross_entropy(logits_btv, batch["targets"], batch["loss_mask"], z_loss_weight)
-    log_p_bt = jax.nn.log_softmax(logits_btv.astype(jnp.float32))
-    nll_bt = -jnp.take_along_axis(log_p_bt, batch["targets"][..., None], axis=-1)[..., 0]
+    nll_bt = parts.pop("nll_bt")
     sums = {}
     for index, name in enumerate(MODALITY_NAMES):
         mask_bt = (batch["loss_mask"] != 0) & (batch["modality"] == index)
@@ -90,7 +86,7 @@ def train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg: Tr
         # On a NaN/inf step keep the last good state, so the run can stop and save it.
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
         return new, {**metrics, "grad_norm": grad_norm, "finite": finite,
-                     "learning_rate": learning_rate(cfg, state["step"])}
+                     "learning_rate": schedule(cfg)(state["step"])}
 
     return step
 
