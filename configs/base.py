@@ -137,10 +137,13 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
+    eval_every: int = 1000  # steps between held-out evals; the last step is always evaluated
+    eval_examples: int = 200  # per eval task
 
     def __post_init__(self):
         _check_positive("train", self, ("steps", "learning_rate", "grad_clip_norm", "grad_accum_steps",
-                                        "checkpoint_every", "keep_checkpoints"))
+                                        "checkpoint_every", "keep_checkpoints",
+                                        "eval_every", "eval_examples"))
         if self.warmup_steps < 0:
             _fail("train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         if self.z_loss_weight < 0:

@@ -46,7 +46,9 @@ class TextTokenizer:
         return self.processor.encode(text)
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self.processor.decode(list(ids))
+        """Text of `ids`; an id with no piece (a model may generate any id it has) reads as <unk>'s " ⁇ "."""
+        unk = self.processor.unk_id()
+        return self.processor.decode([i if 0 <= i < self.size else unk for i in ids])
 
 
 def train_text_tokenizer(sentences: Iterable[str], vocab_size: int) -> TextTokenizer:

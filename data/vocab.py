@@ -25,6 +25,8 @@ from data.text_tokenizer import BOS, EOS, TextTokenizer
 class Codec(Protocol):
     """What the vocabulary needs of a tokenizer: one example's signal <-> a flat run of codes."""
 
+    length: int | None  # codes per item when fixed (an image's grid); None when any length decodes (audio)
+
     def encode(self, signal: np.ndarray) -> np.ndarray: ...
 
     def decode(self, codes: np.ndarray) -> np.ndarray: ...
@@ -96,7 +98,10 @@ class Vocabulary:
 
     # ---- decoding -------------------------------------------------------------------------
     def decode(self, ids: Sequence[int]) -> list[Segment]:
-        """Ids back to segments; <bos>, <eos> and <pad> are dropped, unterminated runs are kept."""
+        """Ids back to segments; <bos>, <eos> and <pad> are dropped, unterminated runs are kept.
+
+        Any id decodes: outside a media run, an id with no text piece (a stray code, the unused
+        tail of the id space) reads as <unk>; inside one, ids that are not its codes are dropped."""
         ids = [int(i) for i in ids]
         skip = {self.ids[BOS], self.ids[EOS], self.ids["<pad>"]}
         opens = {self.ids["<boi>"]: (self.ids["<eoi>"], IMAGE), self.ids["<boa>"]: (self.ids["<eoa>"], AUDIO)}
@@ -126,8 +131,14 @@ class Vocabulary:
     def _media(self, run: np.ndarray, modality: int) -> Segment:
         if modality == IMAGE:
             codes = run[(run >= self.image_offset) & (run < self.audio_offset)] - self.image_offset
-            pixels = self.image.decode(codes) if self.image is not None and codes.size else None
-            return Image(pixels=pixels, codes=codes)
+            return Image(pixels=self._signal(self.image, codes), codes=codes)
         codes = run[(run >= self.audio_offset) & (run < self.audio_offset + self.audio_codes)] - self.audio_offset
-        waveform = self.audio.decode(codes) if self.audio is not None and codes.size else None
-        return Audio(waveform=waveform, codes=codes)
+        return Audio(waveform=self._signal(self.audio, codes), codes=codes)
+
+    @staticmethod
+    def _signal(codec: Codec | None, codes: np.ndarray) -> np.ndarray | None:
+        """Pixels or samples from codes; None when there is no codec or the run cannot be decoded
+        (empty, or a generated image with the wrong number of codes): the codes are kept either way."""
+        if codec is None or codes.size == 0 or (codec.length is not None and codes.size != codec.length):
+            return None
+        return codec.decode(codes)

@@ -129,6 +129,38 @@ def render_image(rng: np.random.Generator, shape: str, colour: str, size: str, p
     return np.round(image_hwc).astype(np.uint8)
 
 
+def detect_picture(image_hwc: np.ndarray) -> tuple[str | None, str | None]:
+    """(colour, position) of the one shape in a picture, or (None, None) when nothing stands out.
+
+    The background is always grey and every shape colour is saturated, so the shape is the set
+    of clearly coloured pixels: its mean colour names the nearest palette colour and its centroid
+    the quadrant. This scores generated pictures, so it is deliberately no cleverer than that.
+    """
+    image_hwc = np.asarray(image_hwc, np.float32)
+    saturation_hw = image_hwc.max(-1) - image_hwc.min(-1)
+    shape_hw = saturation_hw > 0.5 * max(float(saturation_hw.max()), 60.0)
+    if shape_hw.sum() < 4:
+        return None, None
+    mean_c = image_hwc[shape_hw].mean(0)
+    colour = min(COLOURS, key=lambda name: float(np.sum((np.array(COLOURS[name]) - mean_c) ** 2)))
+    y_n, x_n = np.nonzero(shape_hw)
+    half = image_hwc.shape[0] / 2
+    vertical = "bottom" if y_n.mean() + 0.5 >= half else "top"
+    horizontal = "right" if x_n.mean() + 0.5 >= image_hwc.shape[1] / 2 else "left"
+    return colour, f"{vertical} {horizontal}"
+
+
+def parse_caption(text: str) -> tuple[str, str, str, str] | None:
+    """The (shape, colour, size, position) a caption names, or None if it is not a world caption."""
+    for shape in SHAPES:
+        for colour in COLOURS:
+            for size in SIZES:
+                for position in POSITIONS:
+                    if caption(shape, colour, size, position) == text:
+                        return shape, colour, size, position
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # DTMF audio
 

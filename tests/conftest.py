@@ -13,6 +13,8 @@ from training.tokenizer_stage import world_texts
 class BlockColourCodec:
     """Test double for the image tokenizer: the mean colour of each 4x4 block, 10 levels a channel."""
 
+    length = 64
+
     def encode(self, pixels):
         pixels = prepare_image(pixels, 32)  # any size in, as the real tokenizer's codec does
         blocks = np.asarray(pixels, np.float32).reshape(8, 4, 8, 4, 3).mean(axis=(1, 3)) / 256 * 10
@@ -26,6 +28,8 @@ class BlockColourCodec:
 
 class FrameLevelCodec:
     """Test double for the audio tokenizer: the RMS level of each 40 ms frame (25 per second)."""
+
+    length = None
 
     def encode(self, waveform):
         frames = np.asarray(waveform, np.float32).reshape(-1, 640)

@@ -18,7 +18,8 @@ def small_config():
     return dataclasses.replace(
         cfg, model=WORLD_MODEL, serve=dataclasses.replace(cfg.serve, max_cache_len=256),
         data=dataclasses.replace(cfg.data, seq_len=128, global_batch_size=2, packing_bins=2),
-        train=dataclasses.replace(cfg.train, steps=STEPS, warmup_steps=2, checkpoint_every=2),
+        train=dataclasses.replace(cfg.train, steps=STEPS, warmup_steps=2, checkpoint_every=2, eval_every=4,
+                                  eval_examples=2),
     )
 
 
@@ -40,18 +41,23 @@ class PreemptedAfter:
 
 def test_sigterm_saves_and_a_rerun_resumes_to_the_uninterrupted_result(tmp_path, vocab):
     cfg = small_config()
-    source = build_world(str(tmp_path / "world"), seed=2, train=60, validation=6, compositional=3)
-    source = source.as_data_source()["train"]
+    splits = build_world(str(tmp_path / "world"), seed=2, train=60, validation=6, compositional=3).as_data_source()
     logs = []
 
-    straight = train_lm(cfg, tmp_path / "straight", vocab, source, log=logs.append)
+    straight = train_lm(cfg, tmp_path / "straight", vocab, splits, log=logs.append)
     lines = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == list(range(1, STEPS + 1))
     assert {"loss", "grad_norm", "learning_rate", "tokens_per_s", "data_wait_s"} <= set(lines[0])
     assert sorted(os.listdir(tmp_path / "straight" / "checkpoints")) == ["2", "4", "6"]
+    evals = [line for line in lines if "eval/caption_accuracy" in line]
+    assert [line["step"] for line in evals] == [4, 6]  # every eval_every steps, and the last
+    assert {f"eval/{task}_accuracy" for task in ("caption", "transcription", "drawing", "compositional_caption")} \
+        <= set(evals[0])
+    assert 0 < lines[0]["mfu"] < 1
+    assert list((tmp_path / "straight" / "tensorboard").glob("events.out.tfevents.*"))
 
-    interrupted = train_lm(cfg, tmp_path / "run", vocab, PreemptedAfter(source, 8), log=logs.append)
+    interrupted = train_lm(cfg, tmp_path / "run", vocab, {**splits, "train": PreemptedAfter(splits["train"], 8)}, log=logs.append)
     assert any("SIGTERM" in line for line in logs) and interrupted["step"] < STEPS
-    resumed = train_lm(cfg, tmp_path / "run", vocab, source, log=logs.append)
+    resumed = train_lm(cfg, tmp_path / "run", vocab, splits, log=logs.append)
     assert any(line.startswith("resumed") for line in logs)
     assert resumed["step"] == STEPS and resumed["loss"] == straight["loss"]

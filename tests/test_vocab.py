@@ -71,3 +71,15 @@ def test_a_text_vocabulary_larger_than_the_config_range_is_refused():
     small = dataclasses.replace(get_config("tiny").model, text_vocab_size=100)
     with pytest.raises(ValueError, match="model.text_vocab_size"):
         Vocabulary(train_text_tokenizer(CORPUS * 5, vocab_size=300), small)
+
+
+def test_any_generated_ids_decode_without_error(vocab):
+    """A model may emit any id: stray codes and unused ids read as <unk>, a short image keeps its codes."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        segments = vocab.decode(rng.integers(0, vocab.size, 50))
+        assert all(isinstance(s, (Text, Image, Audio)) for s in segments)
+    stray = vocab.decode([vocab.text.encode("a red")[0], vocab.image_offset + 5, vocab.size - 1])
+    assert len(stray) == 1 and stray[0].text.count("⁇") == 2
+    short = vocab.decode([vocab.ids["<boi>"], vocab.image_offset + 1, vocab.image_offset + 2, vocab.ids["<eoi>"]])
+    assert short[0].codes.tolist() == [1, 2] and short[0].pixels is None  # too few codes for a picture

@@ -1,7 +1,8 @@
 """The LM stage: train the decoder on the packed pipeline, checkpointing and logging as it goes.
 
     <workdir>/checkpoints/<step>/   orbax: train state, data iterator state, resolved config
-    <workdir>/metrics.jsonl         one JSON object per logged step
+    <workdir>/metrics.jsonl         one JSON object per step; eval steps add `eval/...` accuracies
+    <workdir>/tensorboard/          the same scalars as TensorBoard event files
 
 Re-running the same command resumes from the latest checkpoint (model, optimizer, step and the
 data iterator together). SIGTERM (a TPU preemption notice) saves and exits cleanly. A NaN or inf
@@ -18,10 +19,12 @@ from pathlib import Path
 from typing import Callable
 
 import grain
+import numpy as np
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
+from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from configs.base import Config
@@ -29,8 +32,10 @@ from data.pipeline import PipelineStats, packed_batches, to_global
 from data.vocab import Vocabulary
 from data.world_builder import build_world
 from model.costs import train_flops_per_token
+from model.hardware import matmul_peak_flops
 from model.sharding import make_mesh
 from model.transformer import init_model
+from training.evaluate import evaluate, world_tasks
 from training.train_step import make_optimizer, modality_losses, train_step
 
 ITEMS = ("state", "data", "config")
@@ -40,8 +45,13 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, source=None, log: Callable[[str], None] = print) -> dict:
-    """Train to `cfg.train.steps`, resuming from `workdir` if it holds a checkpoint; returns the last metrics."""
+def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, splits: dict | None = None,
+             log: Callable[[str], None] = print) -> dict:
+    """Train to `cfg.train.steps`, resuming from `workdir` if it holds a checkpoint; returns the last metrics.
+
+    `splits` holds the world's "train", "validation" and "compositional" data sources (default:
+    the world built under `<workdir>/data`); the held-out eval reads the last two.
+    """
     workdir = Path(workdir).absolute()
     mesh = make_mesh(cfg.mesh)
     graphdef, model_state = init_model(cfg.model, mesh, cfg.train.seed)
@@ -51,10 +61,11 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, source=None, log: Ca
         state = {"params": params, "opt_state": jax.jit(tx.init)(params), "step": jnp.zeros((), jnp.int32)}
         step_fn = jax.jit(train_step(graphdef, tx, cfg.train), donate_argnums=0)
 
-    if source is None:
-        source = build_world(str(workdir / "data")).as_data_source()["train"]
+    if splits is None:
+        splits = build_world(str(workdir / "data")).as_data_source()
     stats = PipelineStats()
-    batches = iter(packed_batches(source, vocab, cfg.data, stats=stats))
+    batches = iter(packed_batches(splits["train"], vocab, cfg.data, stats=stats))
+    eval_tasks = world_tasks(splits, vocab, cfg.train.eval_examples)
 
     options = ocp.CheckpointManagerOptions(max_to_keep=cfg.train.keep_checkpoints, enable_async_checkpointing=True)
     manager = ocp.CheckpointManager(workdir / "checkpoints", options=options, item_names=ITEMS)
@@ -74,7 +85,10 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, source=None, log: Ca
     previous = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
     tokens_per_step = cfg.data.global_batch_size * cfg.data.seq_len
     flops_per_step = train_flops_per_token(cfg.model, cfg.data.seq_len) * tokens_per_step
+    # MFU against what this machine's devices measurably do, not a datasheet.
+    peak_flops = matmul_peak_flops(dtype=cfg.model.compute_dtype) * jax.device_count()
     last: dict = {}
+    writer = SummaryWriter(str(workdir / "tensorboard"))
     try:
         with open(workdir / "metrics.jsonl", "a") as metrics_file, jax.set_mesh(mesh):
             progress = tqdm(range(start_step, cfg.train.steps), initial=start_step, total=cfg.train.steps,
@@ -94,16 +108,27 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, source=None, log: Ca
                         "z_loss": float(metrics["z_loss"]), "grad_norm": float(metrics["grad_norm"]),
                         "learning_rate": float(metrics["learning_rate"]), **modality_losses(metrics),
                         "tokens_per_s": tokens_per_step / seconds, "model_flops_per_s": flops_per_step / seconds,
-                        "data_wait_s": waited, "step_s": seconds, "examples_truncated": stats.truncated,
-                        "examples_dropped": stats.dropped}
+                        "mfu": flops_per_step / seconds / peak_flops, "data_wait_s": waited, "step_s": seconds,
+                        "examples_truncated": stats.truncated, "examples_dropped": stats.dropped}
+                if (step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.train.steps:
+                    started = time.perf_counter()
+                    last.update(evaluate(graphdef, state["params"], vocab, eval_tasks))
+                    last["eval/seconds"] = time.perf_counter() - started
+                    log(f"step {step + 1} eval: " + ", ".join(
+                        f"{k.removeprefix('eval/')} {v:.3f}" for k, v in last.items() if k.startswith("eval/")))
                 metrics_file.write(json.dumps(last) + "\n")
-                progress.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
+                for name, value in last.items():
+                    if name != "step" and np.isscalar(value):
+                        writer.add_scalar(name if "/" in name else f"train/{name}", value, step + 1)
+                progress.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}",
+                                     mfu=f"{last['mfu']:.0%}")
                 if (step + 1) % cfg.train.checkpoint_every == 0 or step + 1 == cfg.train.steps or preempted:
                     save(step + 1)
                 if preempted:
                     log(f"SIGTERM: saved step {step + 1} and stopped")
                     break
     finally:
+        writer.close()
         manager.wait_until_finished()
         manager.close()
         signal.signal(signal.SIGTERM, previous)

@@ -112,6 +112,7 @@ class _ImageCodec:
         self._encode = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode(x))
         self._decode = jax.jit(lambda s, c: nnx.merge(graphdef, s).decode(c, as_uint8=True))
         self.state, self.grid = state, model.cfg.grid_size
+        self.length = self.grid * self.grid
 
     def encode(self, image) -> np.ndarray:
         pixels = image_tokenizer.prepare_image(image, self.size)
@@ -123,6 +124,8 @@ class _ImageCodec:
 
 
 class _AudioCodec:
+    length = None  # clips of any length decode
+
     def __init__(self, model: AudioTokenizer):
         graphdef, state = nnx.split(model)
         self.cfg = model.cfg

@@ -1,0 +1,109 @@
+"""Held-out eval: the world's tasks, answered by greedy generation and scored exactly.
+
+    eval/caption_accuracy                validation pictures -> their caption, exact match
+    eval/transcription_accuracy          validation DTMF clips -> "tones 1 2 3", exact match
+    eval/drawing_accuracy                validation captions -> generated image tokens -> pixels
+                                         -> `world.detect_picture`: colour and position both right
+    eval/compositional_caption_accuracy  pictures of (shape, colour) pairs never trained on -> caption
+
+Prompts are the training templates with the answer left off, so the model is asked exactly what
+it was taught to answer; the answer is whatever it generates up to its <eos>.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from flax import nnx
+
+from data import templates, world
+from data.segments import Image, Text
+from data.sources import read_world
+from data.text_tokenizer import EOS
+from data.vocab import Vocabulary
+from model.generate import greedy_generate
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str  # the metric is eval/<name>_accuracy
+    prompts: list[np.ndarray]  # token ids, <bos> first
+    references: list  # a caption or transcript (text tasks); (colour, position) for drawing
+    new_tokens: int  # enough for the longest right answer and its <eos>
+
+
+def world_tasks(splits: dict, vocab: Vocabulary, examples: int) -> list[Task]:
+    """The four tasks over the first `examples` caption and audio examples of each held-out split.
+
+    `splits` maps "validation" and "compositional" to random-access sources of world records.
+    """
+    captions, drawings, transcripts, compositional = [], [], [], []
+    for kind, segments in _examples(splits["validation"], ("caption", "audio"), examples):
+        if kind == "caption":
+            image, words = segments
+            captions.append((templates.captioning(image, words.text)[:-1], words.text))
+            drawings.append((templates.drawing(image, words.text)[:-1], world.parse_caption(words.text)))
+        else:
+            audio, words = segments
+            transcripts.append((templates.transcription(audio, words.text)[:-1], words.text))
+    for _, (image, words) in _examples(splits["compositional"], ("caption",), examples):
+        compositional.append((templates.captioning(image, words.text)[:-1], words.text))
+
+    def text_task(name, pairs):
+        answer = max(len(vocab.text.encode(reference)) for _, reference in pairs)
+        return Task(name, [_prompt(vocab, p) for p, _ in pairs], [r for _, r in pairs], answer + 1)
+
+    image_tokens = 2 + vocab.image.length  # <boi> codes <eoi>
+    drawing = Task("drawing", [_prompt(vocab, p) for p, _ in drawings],
+                   [(attributes[1], attributes[3]) for _, attributes in drawings], image_tokens + 1)
+    return [text_task("caption", captions), text_task("transcription", transcripts), drawing,
+            text_task("compositional_caption", compositional)]
+
+
+def _examples(source, kinds: tuple[str, ...], count: int):
+    """The first `count` records of each of `kinds` (caption and audio examples take turns by index)."""
+    found = {kind: 0 for kind in kinds}
+    for index in range(len(source)):
+        kind, segments = read_world(source[index])
+        if kind in found and found[kind] < count:
+            found[kind] += 1
+            yield kind, segments
+        if all(n == count for n in found.values()):
+            return
+    raise ValueError(f"the eval split holds fewer than {count} examples of each of {kinds}: {found}; "
+                     f"lower train.eval_examples")
+
+
+def _prompt(vocab: Vocabulary, segments) -> np.ndarray:
+    return vocab.encode(segments, bos=True, eos=False).ids
+
+
+def answer_segments(vocab: Vocabulary, generated: np.ndarray) -> list:
+    """What the model said: its tokens up to the first <eos>, as segments."""
+    ends = np.nonzero(generated == vocab.ids[EOS])[0]
+    return vocab.decode(generated[: ends[0]] if ends.size else generated)
+
+
+def is_right(task: Task, answer: list, reference) -> bool:
+    if task.name == "drawing":
+        return (len(answer) == 1 and isinstance(answer[0], Image) and answer[0].pixels is not None
+                and world.detect_picture(answer[0].pixels) == reference)
+    return len(answer) == 1 and isinstance(answer[0], Text) and answer[0].text == reference
+
+
+def evaluate(graphdef: nnx.GraphDef, params: nnx.State, vocab: Vocabulary, tasks: list[Task],
+             batch_size: int = 128) -> dict[str, float]:
+    """{"eval/<task>_accuracy": share of right answers} for every task."""
+    metrics = {}
+    for task in tasks:
+        right = 0
+        for start in range(0, len(task.prompts), batch_size):
+            prompts = task.prompts[start : start + batch_size]
+            # A short last batch is filled with repeats of its first prompt: one shape, one compile.
+            filled = prompts + prompts[:1] * (min(batch_size, len(task.prompts)) - len(prompts))
+            generated = greedy_generate(graphdef, params, filled, task.new_tokens)
+            for row, reference in zip(generated, task.references[start : start + batch_size]):
+                right += is_right(task, answer_segments(vocab, row), reference)
+        metrics[f"eval/{task.name}_accuracy"] = right / len(task.prompts)
+    return metrics
