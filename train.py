@@ -6,6 +6,13 @@ Stages, in order (`--stage all` runs the tokenizers when they are missing, then 
               orbax checkpoints, metrics.jsonl + TensorBoard, a progress bar and
               held-out evals (training/evaluate.py); re-running resumes
 Then a summary of the run: its last losses and eval accuracies, and the wall-clock time.
+
+Several hosts: run the same command on every host. On a Cloud TPU VM pod (or under Slurm / Open MPI)
+jax finds the other processes itself; elsewhere name them, e.g. two processes on one machine:
+  python train.py --stage lm --coordinator localhost:1234 --num-processes 2 --process-id 0 &
+  python train.py --stage lm --coordinator localhost:1234 --num-processes 2 --process-id 1
+The workdir must be one filesystem every host sees (checkpoints are written by all of them), and the
+tokenizers must be trained beforehand, by one process (`--stage tokenizers`).
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+
 from configs.cli import parse
 from model.sharding import make_mesh
 from training.lm_stage import train_lm
@@ -23,25 +32,49 @@ from training.tokenizer_stage import load_vocabulary, tokenizers_exist, train_to
 FLAGS = {
     "--workdir": dict(default=None, help="where everything goes (default runs/<preset>)"),
     "--stage": dict(default="all", choices=("all", "tokenizers", "lm"), help="which stage to run"),
+    "--coordinator": dict(default=None, help="multi-host without cluster detection: host:port of process 0"),
+    "--num-processes": dict(type=int, default=None, help="multi-host without cluster detection: how many"),
+    "--process-id": dict(type=int, default=None, help="multi-host without cluster detection: this one's index"),
 }
+
+
+def join_other_processes(flags) -> None:
+    """`jax.distributed.initialize()` when launched as one of several processes, before any device is touched.
+
+    Explicit flags name the processes; without them jax's cluster detection decides (a Cloud TPU VM,
+    Slurm or Open MPI fills everything in), and where it finds no cluster this is a single process.
+    """
+    if flags.num_processes is not None:
+        jax.distributed.initialize(flags.coordinator, flags.num_processes, flags.process_id)
+        return
+    try:
+        jax.distributed.initialize()
+    except ValueError:  # no cluster detected: no coordinator or process count to join
+        pass
 
 
 def main() -> None:
     started = time.perf_counter()
     cfg, flags = parse(prog="train.py", flags=FLAGS)
     workdir = Path(flags.workdir or f"runs/{cfg.name}")
+    join_other_processes(flags)
     try:  # a mesh that does not fit the devices stops here, naming the field, before any work or compile
         make_mesh(cfg.mesh)
     except ValueError as error:
         sys.exit(f"train.py: {error}")
+    if jax.process_count() > 1 and (flags.stage == "tokenizers" or not tokenizers_exist(workdir)):
+        # Every process would train them at once into the same directory.
+        sys.exit(f"{workdir}/tokenizers: train the tokenizers first, in one process (--stage tokenizers)")
 
     if flags.stage == "tokenizers" or (flags.stage == "all" and not tokenizers_exist(workdir)):
         train_tokenizers(cfg, workdir)
-    elif flags.stage == "all":
+    elif flags.stage == "all" and jax.process_index() == 0:
         print(f"tokenizers: found under {workdir}/tokenizers, not retrained")
 
     if flags.stage in ("all", "lm"):
         last = train_lm(cfg, workdir, load_vocabulary(cfg, workdir))
+        if jax.process_index():
+            return  # process 0 reports for all of them
         if not last:
             print(f"the LM is already trained to train.steps={cfg.train.steps}; raise it to train further")
             return

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from model.attention import KVCache
 from model.transformer import forward
@@ -56,4 +57,6 @@ def greedy_generate(graphdef: nnx.GraphDef, state: nnx.State, prompts: list[np.n
     for row, prompt in enumerate(prompts):
         prompt_bt[row, : len(prompt)] = prompt
     lengths_b = np.array([len(p) for p in prompts], np.int32)
-    return np.asarray(_greedy(graphdef, state, prompt_bt, lengths_b, new_tokens))
+    # On several processes the rows may be split among them; every process gets all of them.
+    return np.asarray(multihost_utils.process_allgather(_greedy(graphdef, state, prompt_bt, lengths_b, new_tokens),
+                                                        tiled=True))

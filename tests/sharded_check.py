@@ -12,11 +12,13 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from configs.base import MeshConfig
+from configs.base import MeshConfig, TrainConfig
 from data.pipeline import to_global
 from model.sharding import init_sharded, logical_to_spec, make_mesh, state_shardings
 from model.transformer import Transformer, forward
 from tests.helpers import small_model_config
+from tests.test_train_step import batch_of
+from training.train_step import init_opt_state, make_optimizer, train_step
 
 
 def main() -> dict:
@@ -68,7 +70,44 @@ def main() -> dict:
     local = {"inputs": np.arange(8 * 6, dtype=np.int32).reshape(8, 6)}
     global_inputs = to_global(local, mesh)["inputs"]
 
+    # 6. Real train steps (AdamW, clipping, z-loss), set up as training/lm_stage.py does: on the
+    #    8-device mesh, the same losses and parameters as on a mesh of one device.
+    train_cfg = TrainConfig(steps=3, learning_rate=1e-2, warmup_steps=1)
+    tx = make_optimizer(train_cfg)
+    batches = [batch_of(rows=8, length=24, seed=seed) for seed in range(train_cfg.steps)]
+
+    def train(mesh, model_state):
+        with jax.set_mesh(mesh):
+            params = nnx.state(nnx.merge(graphdef, model_state), nnx.Param)
+            state = {"params": params, "opt_state": init_opt_state(tx, params, mesh), "step": jnp.zeros((), jnp.int32)}
+            opt_bytes = [sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state["opt_state"])),
+                         sum(x.nbytes for x in jax.tree.leaves(state["opt_state"]))]
+            step = jax.jit(train_step(graphdef, tx, train_cfg), donate_argnums=0)
+            losses = []
+            for batch in batches:
+                state, metrics = step(state, to_global(batch, mesh))
+                losses.append(float(metrics["loss"]))
+        return losses, state["params"], opt_bytes
+
+    one_device = make_mesh(MeshConfig(), devices=jax.devices()[:1])
+    single_losses, single_params, _ = train(one_device, init_sharded(make, one_device)[1])
+    sharded_losses, sharded_params, (opt_bytes_per_device, opt_full_bytes) = train(mesh, state)
+    # The update must leave each weight split as its logical names say (no silent gather or replica).
+    specs_kept = all(
+        v[...].sharding.is_equivalent_to(NamedSharding(mesh, logical_to_spec(tuple(v.get_metadata()["out_sharding"]))),
+                                         v[...].ndim)
+        for v in jax.tree.leaves(sharded_params, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+    param_diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                     for a, b in zip(jax.tree.leaves(sharded_params), jax.tree.leaves(single_params)))
+
     return {
+        "train_losses_single": single_losses,
+        "train_losses_sharded": sharded_losses,
+        "train_params_max_abs_diff": param_diff,
+        "train_params_max_abs": max(float(np.abs(np.asarray(a)).max()) for a in jax.tree.leaves(single_params)),
+        "train_params_keep_their_shards": specs_kept,
+        "opt_state_bytes_per_device": opt_bytes_per_device,
+        "opt_state_full_bytes": opt_full_bytes,
         "global_batch_spec": str(global_inputs.sharding.spec),
         "global_batch_rows_per_device": int(global_inputs.addressable_shards[0].data.shape[0]),
         "global_batch_equals_local": bool(np.array_equal(np.asarray(global_inputs), local["inputs"])),

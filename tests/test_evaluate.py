@@ -6,7 +6,7 @@ from data import world
 from data.segments import Image, Text
 from data.world_builder import build_world
 from model.generate import greedy_generate
-from tests.helpers import WORLD_MODEL, build, jit_forward, small_model_config
+from tests.helpers import build, jit_forward, small_model_config
 from training.evaluate import answer_segments, is_right, world_tasks
 
 

@@ -1,4 +1,5 @@
-"""On 8 simulated CPU devices (data=2, fsdp=2, tensor=2): init into shards, weights split, same logits.
+"""On 8 simulated CPU devices (data=2, fsdp=2, tensor=2): init into shards, weights split, same logits,
+the same train steps as one device.
 
 The check runs in a subprocess (tests/sharded_check.py) so the rest of the suite keeps one device.
 """
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 TESTS = Path(__file__).parent
@@ -65,3 +67,14 @@ def test_a_mesh_across_slices_initialises_the_same_parameters_and_logits(facts):
 def test_a_process_batch_becomes_a_global_array_split_over_the_batch_axes(facts):
     assert facts["global_batch_spec"] == "P(('dcn_data', 'data', 'fsdp'), None)"
     assert facts["global_batch_rows_per_device"] == 2 and facts["global_batch_equals_local"]
+
+
+def test_sharded_train_steps_equal_single_device_train_steps(facts):
+    # Three AdamW steps from the same start: the same losses, the same parameters, the same layout.
+    np.testing.assert_allclose(facts["train_losses_sharded"], facts["train_losses_single"], rtol=1e-5)
+    assert facts["train_params_max_abs_diff"] < 1e-4 * facts["train_params_max_abs"]
+    assert facts["train_params_keep_their_shards"]
+
+
+def test_optimizer_moments_are_initialised_into_the_shards_of_their_parameters(facts):
+    assert facts["opt_state_bytes_per_device"] < 0.3 * facts["opt_state_full_bytes"], "Adam's moments are replicated"

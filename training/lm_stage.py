@@ -7,23 +7,29 @@
 Re-running the same command resumes from the latest checkpoint (model, optimizer, step and the
 data iterator together). SIGTERM (a TPU preemption notice) saves and exits cleanly. A NaN or inf
 loss stops the run naming the step, after saving the last good state.
+
+Multi-host: every process runs this same loop in lockstep, reads its own share of the data and
+writes its own shards of each checkpoint (the workdir must be one shared filesystem); process 0
+alone writes metrics.jsonl, the log and the progress bar.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import time
 from pathlib import Path
 from typing import Callable
 
 import grain
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
@@ -36,7 +42,7 @@ from model.hardware import matmul_peak_flops
 from model.sharding import make_mesh
 from model.transformer import init_model
 from training.evaluate import evaluate, world_tasks
-from training.train_step import make_optimizer, modality_losses, train_step
+from training.train_step import init_opt_state, make_optimizer, modality_losses, train_step
 
 ITEMS = ("state", "data", "config")
 
@@ -53,15 +59,21 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, splits: dict | None 
     the world built under `<workdir>/data`); the held-out eval reads the last two.
     """
     workdir = Path(workdir).absolute()
+    lead = jax.process_index() == 0  # one process speaks for all: they hold the same metrics
+    log = log if lead else (lambda message: None)
     mesh = make_mesh(cfg.mesh)
     graphdef, model_state = init_model(cfg.model, mesh, cfg.train.seed)
     params = nnx.state(nnx.merge(graphdef, model_state), nnx.Param)
     tx = make_optimizer(cfg.train)
     with jax.set_mesh(mesh):
-        state = {"params": params, "opt_state": jax.jit(tx.init)(params), "step": jnp.zeros((), jnp.int32)}
+        state = {"params": params, "opt_state": init_opt_state(tx, params, mesh), "step": jnp.zeros((), jnp.int32)}
         step_fn = jax.jit(train_step(graphdef, tx, cfg.train), donate_argnums=0)
 
     if splits is None:
+        # Process 0 generates the world first: on a shared workdir the others would race it.
+        if lead:
+            build_world(str(workdir / "data"))
+        multihost_utils.sync_global_devices("world data generated")
         splits = build_world(str(workdir / "data")).as_data_source()
     stats = PipelineStats()
     batches = iter(packed_batches(splits["train"], vocab, cfg.data, stats=stats))
@@ -81,18 +93,25 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, splits: dict | None 
             state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(batches),
             config=ocp.args.JsonSave(dataclasses.asdict(cfg))))
 
-    preempted = []
-    previous = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
+    sigterms = []
+    if jax.process_count() == 1:
+        previous = signal.signal(signal.SIGTERM, lambda *_: sigterms.append(True))
+        stop = lambda step: bool(sigterms)  # noqa: E731
+    else:
+        # jax.distributed's preemption service catches SIGTERM on any host (its handler is left in
+        # place) and names a step at which every host returns True: all save that step and stop.
+        previous = None
+        stop = multihost_utils.reached_preemption_sync_point
     tokens_per_step = cfg.data.global_batch_size * cfg.data.seq_len
     flops_per_step = train_flops_per_token(cfg.model, cfg.data.seq_len) * tokens_per_step
     # MFU against what this machine's devices measurably do, not a datasheet.
     peak_flops = matmul_peak_flops(dtype=cfg.model.compute_dtype) * jax.device_count()
     last: dict = {}
-    writer = SummaryWriter(str(workdir / "tensorboard"))
+    writer = SummaryWriter(str(workdir / "tensorboard")) if lead else None
     try:
-        with open(workdir / "metrics.jsonl", "a") as metrics_file, jax.set_mesh(mesh):
+        with open(workdir / "metrics.jsonl" if lead else os.devnull, "a") as metrics_file, jax.set_mesh(mesh):
             progress = tqdm(range(start_step, cfg.train.steps), initial=start_step, total=cfg.train.steps,
-                            desc="train", dynamic_ncols=True)
+                            desc="train", dynamic_ncols=True, disable=not lead)
             for step in progress:
                 started = time.perf_counter()
                 batch = to_global(next(batches), mesh)
@@ -118,18 +137,21 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, splits: dict | None 
                         f"{k.removeprefix('eval/')} {v:.3f}" for k, v in last.items() if k.startswith("eval/")))
                 metrics_file.write(json.dumps(last) + "\n")
                 for name, value in last.items():
-                    if name != "step" and np.isscalar(value):
+                    if writer is not None and name != "step" and np.isscalar(value):
                         writer.add_scalar(name if "/" in name else f"train/{name}", value, step + 1)
                 progress.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}",
                                      mfu=f"{last['mfu']:.0%}")
+                preempted = stop(step + 1)
                 if (step + 1) % cfg.train.checkpoint_every == 0 or step + 1 == cfg.train.steps or preempted:
                     save(step + 1)
                 if preempted:
                     log(f"SIGTERM: saved step {step + 1} and stopped")
                     break
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
         manager.wait_until_finished()
         manager.close()
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return last

@@ -99,6 +99,10 @@ def _save(path: Path, model: nnx.Module) -> None:
 def _restore(path: Path, make: Callable[[], nnx.Module]) -> nnx.Module:
     abstract = nnx.eval_shape(make)
     graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
+    # A whole copy on this process's first device: said explicitly, since orbax will not guess a
+    # layout when the processes restoring differ from the one process that saved.
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here), abstract_params)
     params = ocp.StandardCheckpointer().restore(path, abstract_params)
     return nnx.merge(graphdef, params, rest)
 

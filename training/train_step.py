@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from configs.base import TrainConfig
 from data.segments import MODALITY_NAMES
@@ -32,6 +33,19 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
         optax.clip_by_global_norm(cfg.grad_clip_norm),
         optax.adamw(schedule(cfg), b1=0.9, b2=0.95, weight_decay=cfg.weight_decay, mask=decay_mask),
     )
+
+
+def init_opt_state(tx: optax.GradientTransformation, params: nnx.State, mesh: Mesh):
+    """The optimizer state, each moment split like the parameter it tracks; counts replicated.
+
+    A bare `jax.jit(tx.init)` replicates all of it: zeros depend on no input, so nothing tells XLA
+    where they go (Adam's two moments in full on every device, and a second compile at step 2 when
+    the step hands them back split).
+    """
+    shardings = optax.tree_utils.tree_map_params(
+        tx, lambda _, sharding: sharding, jax.eval_shape(tx.init, params), jax.tree.map(lambda p: p.sharding, params),
+        transform_non_params=lambda _: NamedSharding(mesh, PartitionSpec()))
+    return jax.jit(tx.init, out_shardings=shardings)(params)
 
 
 def loss_and_metrics(graphdef: nnx.GraphDef, params: nnx.State, batch: dict, z_loss_weight: float):
