@@ -5,17 +5,17 @@ import numpy as np
 from data import world
 from data.segments import Image, Text
 from data.world_builder import build_world
-from model.generate import greedy_generate
+from model.generate import generate
 from tests.helpers import build, jit_forward, small_model_config
 from training.evaluate import answer_segments, is_right, world_tasks
 
 
-def test_greedy_generate_equals_argmax_of_the_full_forward_for_ragged_prompts():
+def test_generate_equals_argmax_of_the_full_forward_for_ragged_prompts():
     cfg = small_model_config()
     graphdef, state = build(cfg)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, cfg.vocab_size, n).astype(np.int32) for n in (3, 11, 7)]
-    generated = greedy_generate(graphdef, state, prompts, new_tokens=5, pad_to=8)
+    generated = generate(graphdef, state, prompts, new_tokens=5, pad_to=8)
     for prompt, row in zip(prompts, generated):
         sequence = list(prompt)
         for _ in range(5):  # no cache, no padding: the plain model, one sequence at a time
@@ -69,3 +69,18 @@ def test_the_picture_detector_reads_every_rendered_world_picture():
         _, colour, _, position = world.parse_caption(words.text)
         assert world.detect_picture(image.pixels) == (colour, position)
     assert world.detect_picture(np.full((32, 32, 3), 200, np.uint8)) == (None, None)
+
+
+def test_sampling_is_seeded_and_top_k_keeps_only_the_k_likeliest_tokens():
+    cfg = small_model_config()
+    graphdef, state = build(cfg)
+    prompts = [np.array([1, 5, 9], np.int32)] * 4
+    one = generate(graphdef, state, prompts, new_tokens=6, temperature=1.0, top_k=3, seed=7)
+    assert (one == generate(graphdef, state, prompts, new_tokens=6, temperature=1.0, top_k=3, seed=7)).all()
+    assert (one != generate(graphdef, state, prompts, new_tokens=6, temperature=1.0, top_k=3, seed=8)).any()
+    first = generate(graphdef, state, prompts, new_tokens=1, temperature=1.0, top_k=1, seed=3)
+    assert (first == generate(graphdef, state, prompts, new_tokens=1)).all()  # top-1 sampling is greedy
+    logits, _ = jit_forward(graphdef, state, prompts[0][None])
+    top3 = set(np.argsort(np.asarray(logits[0, -1]))[-3:].tolist())
+    many = generate(graphdef, state, [prompts[0]] * 64, new_tokens=1, temperature=5.0, top_k=3, seed=0)
+    assert set(many[:, 0].tolist()) <= top3 and len(set(many[:, 0].tolist())) > 1
