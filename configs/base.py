@@ -118,9 +118,14 @@ class DataConfig:
     overlong: Literal["truncate", "drop"] = "truncate"  # an example longer than a row: cut it, or skip it
     packing_bins: int = 16  # rows first-fit packing fills at once (more: denser rows, more latency)
     prefetch: int = 2  # batches a background thread keeps ready (0: none)
+    # Mixture weights of the world's caption, audio and document examples. Documents are the longest
+    # (two or three pictures and sounds each); at equal weights they take ~60% of the tokens.
+    world_mixture: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def __post_init__(self):
         _check_positive("data", self, ("seq_len", "global_batch_size", "packing_bins"))
+        if len(self.world_mixture) != 3 or min(self.world_mixture) <= 0:
+            _fail("data.world_mixture", f"needs 3 positive weights (caption, audio, document), got {self.world_mixture}")
         if self.overlong not in ("truncate", "drop"):
             _fail("data.overlong", f"must be 'truncate' or 'drop', got {self.overlong!r}")
 

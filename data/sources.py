@@ -20,6 +20,7 @@ from typing import Callable, Literal
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data import world
 from data.segments import Audio, Image, Segment, Text
 from data.world_builder import build_world, decode_segments
 
@@ -29,6 +30,26 @@ Reader = Callable[[dict], tuple[str, list[Segment]]]
 def read_world(record: dict) -> tuple[str, list[Segment]]:
     kind = record["kind"]
     return (kind.decode() if isinstance(kind, bytes) else str(kind)), decode_segments(record)
+
+
+class WorldKind:
+    """The examples of one kind in a world split, as a data source of their own: the world's kinds
+    take turns by index (`world.example_kind`), so kind k of n is every n-th record from k."""
+
+    def __init__(self, source, kind: str, split: str = "train"):
+        kinds = world.SPLIT_KINDS[split]
+        self.source, self.offset, self.every = source, kinds.index(kind), len(kinds)
+
+    def __len__(self) -> int:
+        return max(0, len(self.source) - self.offset + self.every - 1) // self.every
+
+    def __getitem__(self, index: int):
+        return self.source[self.offset + index * self.every]
+
+
+def world_by_kind(source, split: str = "train") -> dict:
+    """{kind: WorldKind} for a world split, to mix its kinds by weight in the pipeline."""
+    return {kind: WorldKind(source, kind, split) for kind in world.SPLIT_KINDS[split]}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,7 @@ from configs.base import DataConfig
 from data import templates
 from data.pipeline import PipelineStats, packed_batches, packing_efficiency, process_share
 from data.segments import IMAGE, Audio, Image, Text
+from data.sources import read_world, world_by_kind
 from data.world_builder import build_world
 from tests.helpers import WORLD_MODEL as MODEL
 from tests.helpers import build, jit_forward
@@ -142,3 +143,19 @@ def test_the_iterator_state_saves_and_restores_with_an_orbax_checkpoint_beside_t
         got = next(resumed)
         for name in want:
             np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_the_worlds_kinds_become_sources_of_their_own_mixed_by_the_configs_weights(world, vocab):
+    by_kind = world_by_kind(world.as_data_source()["train"])
+    assert {kind: len(source) for kind, source in by_kind.items()} == {"caption": 30, "audio": 30, "document": 30}
+    for kind, source in by_kind.items():
+        assert {read_world(source[i])[0] for i in range(len(source))} == {kind}
+    stats = PipelineStats()
+    cfg = dataclasses.replace(DATA, prefetch=0, world_mixture=(3.0, 3.0, 1.0))
+    batches = iter(packed_batches(by_kind, vocab, cfg, 0, 1, stats=stats,
+                                  weights=dict(zip(by_kind, cfg.world_mixture))))
+    while stats.examples < 350:
+        next(batches)
+    assert abs(stats.sources["document"] / stats.examples - 1 / 7) < 0.03, stats.sources
+    with pytest.raises(ValueError, match="data.world_mixture"):
+        DataConfig(world_mixture=(1.0, 0.0, 1.0))

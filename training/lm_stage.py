@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from configs.base import Config
 from data.pipeline import PipelineStats, packed_batches, to_global
+from data.sources import world_by_kind
 from data.vocab import Vocabulary
 from data.world_builder import build_world
 from model.costs import train_flops_per_token
@@ -76,7 +77,9 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, splits: dict | None 
         multihost_utils.sync_global_devices("world data generated")
         splits = build_world(str(workdir / "data")).as_data_source()
     stats = PipelineStats()
-    batches = iter(packed_batches(splits["train"], vocab, cfg.data, stats=stats))
+    by_kind = world_by_kind(splits["train"])
+    batches = iter(packed_batches(by_kind, vocab, cfg.data, stats=stats,
+                                  weights=dict(zip(by_kind, cfg.data.world_mixture))))
     eval_tasks = world_tasks(splits, vocab, cfg.train.eval_examples)
 
     options = ocp.CheckpointManagerOptions(max_to_keep=cfg.train.keep_checkpoints, enable_async_checkpointing=True)
