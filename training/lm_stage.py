@@ -139,6 +139,7 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, splits: dict | None 
                     log(f"step {step + 1} eval: " + ", ".join(
                         f"{k.removeprefix('eval/')} {v:.3f}" for k, v in last.items() if k.startswith("eval/")))
                 metrics_file.write(json.dumps(last) + "\n")
+                metrics_file.flush()  # a line per step, readable while the run goes on
                 for name, value in last.items():
                     if writer is not None and name != "step" and np.isscalar(value):
                         writer.add_scalar(name if "/" in name else f"train/{name}", value, step + 1)
