@@ -13,13 +13,17 @@ from flax import nnx
 
 from configs.base import ModelConfig
 from model.attention import Attention, KVCache, write_positions
-from model.layers import Embedding, GatedMLP, RMSNorm, param
+from model.layers import DENSE_OUTPUT, Embedding, GatedMLP, RMSNorm, dense, param
 from model.sharding import constrain, init_sharded
 
+_policies = jax.checkpoint_policies
+# `dense` products are dots without batch dims that the dots policies cannot see (a custom VJP), so
+# both save them by name: the same residuals as when the projections were einsums.
 REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": _policies.nothing_saveable,
+    "dots_saveable": _policies.save_from_both_policies(_policies.dots_saveable, _policies.save_only_these_names(DENSE_OUTPUT)),
+    "dots_with_no_batch_dims_saveable": _policies.save_from_both_policies(
+        _policies.dots_with_no_batch_dims_saveable, _policies.save_only_these_names(DENSE_OUTPUT)),
 }
 
 
@@ -97,7 +101,7 @@ class Transformer(nnx.Module):
             logits_btv = self.embedding.decode(x_btd)
         else:
             unembed_dv = self.unembed_dv[...].astype(x_btd.dtype)
-            logits_btv = jnp.einsum("btd,dv->btv", x_btd, unembed_dv, preferred_element_type=jnp.float32)
+            logits_btv = dense(x_btd, unembed_dv, out_dtype=jnp.float32)
         logits_btv = constrain(logits_btv, ("batch", "length", "vocab"))
 
         if cache is not None:

@@ -1,0 +1,160 @@
+"""Training-step throughput and MFU at the bench shape (63.4M parameters, batch 8 x 512, fp32, CPU).
+
+    python bench/train.py [--steps 4] [--vs-torch] [--remat-policy none] [--profile DIR]
+
+Times the real step the trainer runs (training/train_step.py: AdamW, clipping, z-loss, NaN guard;
+jitted with the state donated) on random batches shaped like the pipeline's. The model is the
+tiny preset widened to d_model 512, 8 layers, 8 query heads over 1 kv head, gated MLP 2048, an
+untied 32,768-id vocabulary, and no remat: the activations fit, and dots_saveable measured the
+same within noise (bench/TRAIN_RESULTS.md).
+Prints JSON lines:
+  - the step: tokens/s, median step seconds, model FLOPs per step (model/costs.py, logits matmul
+    included), the matmul peak measured in this run (model/hardware.py) and MFU against it;
+  - with --vs-torch (the `bench` extra), the same shape as an HF LlamaForCausalLM trained eagerly
+    with torch AdamW on the same batch, and the JAX / torch tokens/s ratio.
+--profile DIR writes a jax.profiler trace of one step there (TensorBoard / Perfetto).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from configs import get_config
+from configs.base import REMAT_POLICIES, ModelConfig, TrainConfig
+from model.costs import counted_params, train_flops_per_token
+from model.hardware import matmul_peak_flops
+from model.transformer import Transformer
+from training.train_step import make_optimizer, train_step
+
+VOCAB, BATCH, SEQ = 32768, 8, 512
+
+
+def bench_config(remat_policy: str = "none") -> ModelConfig:
+    tiny = get_config("tiny").model
+    codes = tiny.image_vocab_size + tiny.audio_vocab_size
+    return dataclasses.replace(
+        tiny, text_vocab_size=VOCAB - codes, d_model=512, num_layers=8, num_heads=8, num_kv_heads=1, head_dim=64,
+        mlp_dim=2048, max_seq_len=SEQ, tie_embeddings=False, compute_dtype="float32", remat_policy=remat_policy,
+    )
+
+
+def random_batch(cfg: ModelConfig, seed: int = 0) -> dict:
+    """One row per sequence, every position trained; the keys and dtypes of data/pipeline.py's batches."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, cfg.vocab_size, (BATCH, SEQ + 1)).astype(np.int32)
+    return {
+        "inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+        "loss_mask": np.ones((BATCH, SEQ), np.int32),
+        "modality": rng.integers(0, 3, (BATCH, SEQ)).astype(np.int32),
+        "segment_ids": np.ones((BATCH, SEQ), np.int32),
+        "positions": np.broadcast_to(np.arange(SEQ, dtype=np.int32), (BATCH, SEQ)).copy(),
+    }
+
+
+def timed(run_step, steps: int) -> list[float]:
+    seconds = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        run_step()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def figures(name: str, seconds: list[float], flops_per_step: float, peak: float) -> dict:
+    step_s = statistics.median(seconds)
+    return {"bench": name, "tokens_per_s": round(BATCH * SEQ / step_s, 1), "step_s": round(step_s, 3),
+            "step_s_min": round(min(seconds), 3), "steps": len(seconds), "model_flops_per_step": flops_per_step,
+            "model_flops_per_s": round(flops_per_step / step_s), "matmul_peak_flops": round(peak),
+            "mfu": round(flops_per_step / step_s / peak, 4)}
+
+
+def jax_step(cfg: ModelConfig, train: TrainConfig, batch: dict, steps: int, profile: str | None) -> list[float]:
+    graphdef, model_state = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
+    params = nnx.state(nnx.merge(graphdef, model_state), nnx.Param)
+    tx = make_optimizer(train)
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    step = jax.jit(train_step(graphdef, tx, train), donate_argnums=0)
+    batch = jax.device_put(batch)
+    holder = {"state": state}
+
+    def run():
+        holder["state"], metrics = step(holder["state"], batch)
+        jax.block_until_ready(metrics)
+
+    run()  # compile
+    run()  # first steps touch fresh buffers
+    if profile:
+        with jax.profiler.trace(profile):
+            run()
+    return timed(run, steps)
+
+
+def torch_step(cfg: ModelConfig, train: TrainConfig, batch: dict, steps: int) -> list[float]:
+    """HF Llama at the same shape: eager fp32, torch AdamW, the same clipping; causal, one sequence per row."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim, max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
+        rope_theta=cfg.rope_base, tie_word_embeddings=cfg.tie_embeddings, attn_implementation="sdpa",
+    )).float().train()
+    assert sum(p.numel() for p in model.parameters()) == counted_params(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate, betas=(0.9, 0.95),
+                                  weight_decay=train.weight_decay)
+    inputs = torch.from_numpy(batch["inputs"]).long()
+    targets = torch.from_numpy(batch["targets"]).long()
+
+    def run():
+        logits = model(input_ids=inputs).logits
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip_norm)
+        optimizer.step()
+
+    run()
+    run()
+    return timed(run, steps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps after two warm-up steps")
+    parser.add_argument("--vs-torch", action="store_true", help="also time HF Llama in eager PyTorch (`bench` extra)")
+    parser.add_argument("--remat-policy", default="none", choices=REMAT_POLICIES,
+                        help="model.remat_policy for the bench shape (default none: the activations fit)")
+    parser.add_argument("--profile", default=None, help="write a jax.profiler trace of one step to this directory")
+    args = parser.parse_args()
+
+    cfg = bench_config(args.remat_policy)
+    train = get_config("tiny").train
+    params = counted_params(cfg)
+    flops_per_step = train_flops_per_token(cfg, SEQ) * BATCH * SEQ
+    batch = random_batch(cfg)
+    peak = matmul_peak_flops()
+    shape = {"params": params, "batch": [BATCH, SEQ], "vocab": cfg.vocab_size, "remat_policy": cfg.remat_policy,
+             "dtype": cfg.compute_dtype, "backend": jax.default_backend(), "jax": jax.__version__}
+    jax_figures = figures("train_step", jax_step(cfg, train, batch, args.steps, args.profile), flops_per_step, peak)
+    print(json.dumps({**jax_figures, **shape}), flush=True)
+    if args.vs_torch:
+        import torch
+
+        torch_figures = figures("train_step_torch", torch_step(cfg, train, batch, args.steps), flops_per_step, peak)
+        print(json.dumps({**torch_figures, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                          "jax_over_torch": round(jax_figures["tokens_per_s"] / torch_figures["tokens_per_s"], 3)}))
+
+
+if __name__ == "__main__":
+    main()
