@@ -37,7 +37,7 @@ def dense(x: jax.Array, w: jax.Array, contract: int = 1, out_dtype=None) -> jax.
     leading axes. What autodiff derives instead, XLA:CPU lowers by first copying the large output
     gradient transposed, fused with whatever produced it (the silu derivative, the logits' softmax):
     in the bench step (bench/train.py) those copies took a fifth of the step, and the gated MLP's
-    forward + backward runs 1.8x faster with this backward (bench/TRAIN_RESULTS.md). The result is
+    forward + backward runs 1.8x faster with this backward (README, "Measured"). The result is
     named DENSE_OUTPUT because `jax.checkpoint`'s dots policies cannot see into a custom VJP: the
     policies in model/transformer.py save this name, so remat keeps what it kept for an einsum.
     """
