@@ -56,8 +56,15 @@ def test_sigterm_saves_and_a_rerun_resumes_to_the_uninterrupted_result(tmp_path,
     assert 0 < lines[0]["mfu"] < 1
     assert list((tmp_path / "straight" / "tensorboard").glob("events.out.tfevents.*"))
 
-    interrupted = train_lm(cfg, tmp_path / "run", vocab, {**splits, "train": PreemptedAfter(splits["train"], 8)}, log=logs.append)
+    interrupted = train_lm(cfg, tmp_path / "run", vocab, {**splits, "train": PreemptedAfter(splits["train"], 8)},
+                           log=logs.append)
     assert any("SIGTERM" in line for line in logs) and interrupted["step"] < STEPS
     resumed = train_lm(cfg, tmp_path / "run", vocab, splits, log=logs.append)
     assert any(line.startswith("resumed") for line in logs)
     assert resumed["step"] == STEPS and resumed["loss"] == straight["loss"]
+    # Bit-identical: every step's loss (before and after the interruption) and the final evals.
+    run_lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {line["step"]: line["loss"] for line in run_lines} == {line["step"]: line["loss"] for line in lines}
+    assert {k: v for k, v in resumed.items() if k.endswith("_accuracy")} == \
+        {k: v for k, v in straight.items() if k.endswith("_accuracy")}
+    assert lines[-1]["loss"] < lines[0]["loss"]  # a tiny run learns
