@@ -5,7 +5,7 @@
 
 Greedy at temperature 0; otherwise sampled (optionally from the top k) with a fixed seed, so a
 run is repeatable. Every row runs the full `new_tokens` steps; callers cut each row at its first
-<eos>. Used by the held-out eval; the serving engine (serving/) has its own slot-based loop.
+<eos>. Used by the held-out eval (training/evaluate.py).
 """
 
 from __future__ import annotations

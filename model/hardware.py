@@ -1,6 +1,6 @@
-"""The machine's own ceilings, measured in the same run: matmul FLOP/s and read bandwidth.
+"""The machine's own ceiling, measured in the same run: matmul FLOP/s.
 
-MFU and roofline figures divide by these, so a figure taken on a busy or throttled machine is
+MFU figures divide by it, so a figure taken on a busy or throttled machine is
 still a fair ratio. On an accelerator the measured peak is likewise what the chip really gives
 for a large matmul in the compute dtype, not the vendor's sheet.
 """
@@ -28,13 +28,3 @@ def matmul_peak_flops(size: int = 2048, dtype: str = "float32", repeats: int = 5
     a = jax.random.normal(jax.random.key(0), (size, size), dtype)
     b = jax.random.normal(jax.random.key(1), (size, size), dtype)
     return 2 * size**3 / _best_seconds(jax.jit(jnp.matmul), a, b, repeats=repeats)
-
-
-def read_seconds(num_bytes: int, repeats: int = 5) -> float:
-    """Seconds to read `num_bytes` of float32 once (a sum over them): the weight-read floor of a decode step.
-
-    Measure with the size that matters (the weights): a model that fits in the last-level cache
-    reads at cache speed, a larger one at DRAM speed.
-    """
-    x = jnp.ones((max(num_bytes // 4, 1),), jnp.float32)
-    return _best_seconds(jax.jit(jnp.sum), x, repeats=repeats)
