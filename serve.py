@@ -1,54 +1,59 @@
-"""Serve the model: `python serve.py --config tiny [--serve.slots 8 ...]`.
+"""Serve the model over HTTP: `python serve.py --workdir runs/tiny`, or `python serve.py --config tiny --random-init`.
 
-What runs today (issue 2, the foundation): build the decoder into its shards and decode greedily
-through the KV cache for every slot at once: one prefill, then one jitted step per token, with
-the cache donated. The HTTP server, scheduler and checkpoint loading land with issue 6.
+    load      the latest checkpoint's parameters and the trained tokenizers of --workdir
+              (training/lm_stage.py, training/tokenizer_stage.py); --random-init: neither
+    engine    B decode slots sharing one KV cache, jitted prefill / insert / step     (serving/engine.py)
+    schedule  a thread that keeps the slots full as requests come and go            (serving/scheduler.py)
+    HTTP      OpenAI-compatible completions and chat, /v1/models, /health, /metrics  (serving/api.py)
+
+Binds 127.0.0.1:8000 by default (`--serve.host`, `--serve.port`); every limit is a `--serve.*` flag.
+/health answers 503 until every program is compiled, then 200.
 """
 
 from __future__ import annotations
 
-import time
+import os
+import sys
+from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+import uvicorn
 
 from configs.cli import parse
-from model.attention import KVCache
-from model.costs import kv_cache_bytes_per_token
 from model.sharding import make_mesh
-from model.transformer import forward, init_model
+from model.transformer import init_model
+from serving.api import make_app
+from serving.server import make_server
+from training.lm_stage import restore_params
+from training.tokenizer_stage import load_vocabulary, tokenizers_exist, untrained_vocabulary
 
-PROMPT_LEN, NEW_TOKENS = 16, 32
+FLAGS = {
+    "--workdir": dict(default=None, help="the training run to serve (default runs/<preset>)"),
+    "--random-init": dict(action="store_true", help="serve untrained weights: no checkpoint needed (smoke tests)"),
+    "--api-key": dict(default=os.environ.get("SERVE_API_KEY"),
+                      help="require `Authorization: Bearer KEY` on every route but /health (default $SERVE_API_KEY)"),
+    "--allow-image-host": dict(action="append", default=[],
+                               help="a host image_url parts may be fetched from (repeat for more; default none)"),
+}
 
 
 def main() -> None:
-    cfg, _ = parse(prog="serve.py")
-    slots, cache_len = cfg.serve.slots, cfg.serve.max_cache_len
-    mesh = make_mesh(cfg.mesh)
-    print(f"preset {cfg.name}: {slots} slots x {cache_len} positions = "
-          f"{slots * cache_len * kv_cache_bytes_per_token(cfg.model) / 2**20:.1f} MiB of KV cache")
-    graphdef, state = init_model(cfg.model, mesh, cfg.train.seed)
-
-    step = jax.jit(forward, static_argnums=0, donate_argnums=5)  # the cache is replaced each step
-    prompt = jax.random.randint(jax.random.key(0), (slots, PROMPT_LEN), 0, cfg.model.vocab_size)
-    positions = jnp.broadcast_to(jnp.arange(PROMPT_LEN), prompt.shape)
-    ones = jnp.ones((slots, 1), jnp.int32)
-    with jax.set_mesh(mesh):
-        cache = KVCache.init(cfg.model, slots, cache_len)
-        logits, cache = step(graphdef, state, prompt, positions, jnp.ones_like(prompt), cache)
-        token = jnp.argmax(logits[:, -1], axis=-1)[:, None]
-        step(graphdef, state, token, positions[:, -1:] + 1, ones, KVCache.init(cfg.model, slots, cache_len))  # compile
-        start, generated = time.perf_counter(), [token]
-        for i in range(1, NEW_TOKENS):
-            logits, cache = step(graphdef, state, token, jnp.full((slots, 1), PROMPT_LEN + i - 1), ones, cache)
-            token = jnp.argmax(logits[:, -1], axis=-1)[:, None]
-            generated.append(token)
-        generated = np.asarray(jnp.concatenate(generated, axis=1))
-        seconds = time.perf_counter() - start
-    print(f"decoded {NEW_TOKENS - 1} steps x {slots} slots: {slots * (NEW_TOKENS - 1) / seconds:.0f} tokens/s "
-          f"(untrained weights; slot 0 ids: {generated[0, :8].tolist()} ...)")
-    print("The HTTP server is not built yet (issue 6).")
+    cfg, flags = parse(prog="serve.py", flags=FLAGS)
+    workdir = Path(flags.workdir or f"runs/{cfg.name}")
+    try:
+        mesh = make_mesh(cfg.mesh)
+        if flags.random_init:
+            graphdef, params = init_model(cfg.model, mesh, cfg.train.seed)
+            vocab = load_vocabulary(cfg, workdir) if tokenizers_exist(workdir) else untrained_vocabulary(cfg)
+            print(f"serving {cfg.name} with random weights")
+        else:
+            vocab = load_vocabulary(cfg, workdir)
+            graphdef, params, step = restore_params(cfg, workdir, mesh)
+            print(f"serving {cfg.name} from {workdir / 'checkpoints'} at step {step}")
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"serve.py: {error}")
+    server = make_server(cfg, vocab, graphdef, params, mesh, api_key=flags.api_key,
+                         allowed_image_hosts=tuple(flags.allow_image_host))
+    uvicorn.run(make_app(server), host=cfg.serve.host, port=cfg.serve.port, log_level="info")
 
 
 if __name__ == "__main__":

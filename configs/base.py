@@ -158,12 +158,17 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class ServeConfig:
     slots: int = 8  # concurrent decode slots sharing one KV cache
-    max_cache_len: int = 1024
+    max_cache_len: int = 1024  # prompt + reply, per slot
+    max_tokens: int = 256  # the most one request may ask to generate
+    max_queue: int = 256  # requests waiting for a slot; one more gets 429
+    request_timeout_s: float = 120.0
+    max_body_bytes: int = 8 * 2**20  # a request body, or a fetched image
     host: str = "127.0.0.1"
     port: int = 8000
 
     def __post_init__(self):
-        _check_positive("serve", self, ("slots", "max_cache_len", "port"))
+        _check_positive("serve", self, ("slots", "max_cache_len", "max_tokens", "max_queue", "request_timeout_s",
+                                        "max_body_bytes", "port"))
 
 
 @dataclasses.dataclass(frozen=True)

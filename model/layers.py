@@ -85,18 +85,42 @@ class Embedding(nnx.Module):
     start at unit scale.
     """
 
-    def __init__(self, vocab_size: int, d_model: int, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, vocab_size: int, d_model: int, param_dtype, rngs: nnx.Rngs, code_ranges=()):
         self.table_vd = param(rngs, (vocab_size, d_model), ("vocab", "embed"), d_model**-0.5, param_dtype)
+        self.code_ranges = tuple(code_ranges)
+        self.vocab_size = vocab_size
+        if code_ranges:
+            n = sum(sum(levels) for _, levels in code_ranges)
+            self.digit_table_ld = param(rngs, (n, d_model), (None, "embed"), d_model**-0.5, param_dtype)
+
+    def digits(self):
+        import numpy as np
+        n = sum(sum(levels) for _, levels in self.code_ranges)
+        out = np.zeros((self.vocab_size, n), np.float32)
+        col = 0
+        for start, levels in self.code_ranges:
+            codes = np.arange(int(np.prod(levels)))
+            basis = np.cumprod([1] + list(levels[:-1]))
+            for i, l in enumerate(levels):
+                out[start + codes, col + (codes // basis[i]) % l] = 1
+                col += l
+        return out
+
+    def table(self):
+        table_vd = self.table_vd[...]
+        if self.code_ranges:
+            table_vd = table_vd + jnp.asarray(self.digits(), table_vd.dtype) @ self.digit_table_ld[...]
+        return table_vd
 
     def encode(self, tokens_bt: jax.Array, dtype) -> jax.Array:
         # Gather the FSDP-split model dimension first (as every FSDP weight is, per use), so the
         # lookup needs only a sum over vocab shards and lands batch-split without a reshuffle.
-        table_vd = constrain(self.table_vd[...], ("vocab", None))
+        table_vd = constrain(self.table(), ("vocab", None))
         return jnp.take(table_vd, tokens_bt, axis=0).astype(dtype)
 
     def decode(self, x_btd: jax.Array) -> jax.Array:
         """Tied logits: the normalised stream against every row of the table."""
-        table_vd = self.table_vd[...].astype(x_btd.dtype)
+        table_vd = self.table().astype(x_btd.dtype)
         return jnp.einsum("btd,vd->btv", x_btd, table_vd, preferred_element_type=jnp.float32)
 
 

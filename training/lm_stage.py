@@ -40,8 +40,8 @@ from data.vocab import Vocabulary
 from data.world_builder import build_world
 from model.costs import train_flops_per_token
 from model.hardware import matmul_peak_flops
-from model.sharding import make_mesh
-from model.transformer import init_model
+from model.sharding import make_mesh, state_shardings
+from model.transformer import Transformer, init_model
 from training.evaluate import evaluate, world_tasks
 from training.train_step import init_opt_state, make_optimizer, modality_losses, train_step
 
@@ -159,3 +159,39 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, splits: dict | None 
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return last
+
+
+def restore_params(cfg: Config, workdir: Path, mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, nnx.State, int]:
+    """(graphdef, params, step) of the latest checkpoint under `workdir`, laid out for `mesh`.
+
+    The model config must match the one the checkpoint was trained with: a mismatch raises naming
+    the fields that differ (pass them as flags, e.g. `--model.num-kv-heads 4`).
+    """
+    manager = ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", item_names=ITEMS)
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint under {Path(workdir) / 'checkpoints'}: train first "
+                                f"(python train.py --config {cfg.name} --workdir {workdir}) or pass --random-init")
+    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]["model"]
+    ours = dataclasses.asdict(cfg.model)
+    differ = [f"model.{k}: checkpoint {saved[k]!r}, config {ours[k]!r}" for k in ours
+              if k in saved and _plain(saved[k]) != _plain(ours[k])]
+    if differ:
+        raise ValueError(f"the checkpoint at step {step} was trained with another model: {'; '.join(differ)}")
+    abstract = nnx.eval_shape(lambda: Transformer(cfg.model, rngs=nnx.Rngs(0)))
+    graphdef, abstract_params = nnx.split(abstract, nnx.Param)
+    shardings = state_shardings(abstract_params, mesh)
+    target = {"params": jax.tree.map(
+        lambda var, sharding: var.replace(jax.ShapeDtypeStruct(var.shape, var.dtype, sharding=sharding)),
+        abstract_params, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))}
+    # Only the parameters are read: the optimizer state in the checkpoint is left on disk.
+    restore = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                     partial_restore=True)
+    with jax.set_mesh(mesh):
+        state = manager.restore(step, args=ocp.args.Composite(state=restore))["state"]
+    manager.close()
+    return graphdef, state["params"], step
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value

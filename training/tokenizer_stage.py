@@ -155,3 +155,13 @@ def load_vocabulary(cfg: Config, workdir: Path) -> Vocabulary:
     image = _restore(root / "image", lambda: ImageTokenizer(cfg.tokenizers.image, nnx.Rngs(0)))
     audio = _restore(root / "audio", lambda: AudioTokenizer(cfg.tokenizers.audio, nnx.Rngs(0)))
     return Vocabulary(text, cfg.model, image=_ImageCodec(image), audio=_AudioCodec(audio))
+
+
+def untrained_vocabulary(cfg: Config) -> Vocabulary:
+    """A vocabulary with nothing read from disk, for smoke tests (`serve.py --random-init`): the text
+    tokenizer trained on a small sample of the world's text (seconds), image and audio tokenizers at
+    their random initialisation (they encode and decode, meaninglessly)."""
+    text = train_text_tokenizer(world_texts(cfg.data.seed, 2000), cfg.model.text_vocab_size)
+    image = ImageTokenizer(cfg.tokenizers.image, nnx.Rngs(cfg.train.seed))
+    audio = AudioTokenizer(cfg.tokenizers.audio, nnx.Rngs(cfg.train.seed))
+    return Vocabulary(text, cfg.model, image=_ImageCodec(image), audio=_AudioCodec(audio))

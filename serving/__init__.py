@@ -1,0 +1,1 @@
+"""Serving: the decoding engine, its scheduler and the OpenAI-compatible HTTP API."""

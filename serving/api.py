@@ -1,0 +1,372 @@
+"""The HTTP API (FastAPI): OpenAI-compatible completions and chat, models, health and metrics.
+
+    POST /v1/completions        prompt -> text (SSE when `stream`), `logprobs`, `n`, `stop`, ...
+    POST /v1/chat/completions   messages of text, image_url and input_audio parts -> text, or a
+                                PNG when `modalities: ["image"]`
+    GET  /v1/models             the one model served
+    GET  /health                200 once warmed up, 503 before
+    GET  /metrics               Prometheus: queue depth, slots in use, TTFT, time per token, tokens
+
+Every error is an OpenAI error object {"error": {"message", "type", "param", "code"}} with a 4xx
+for what the caller got wrong (429 + Retry-After when the queue is full). A client that
+disconnects cancels its request and frees its slot; so does the request timeout. With
+`api_key` set every route but /health wants `Authorization: Bearer <key>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import json
+import secrets
+import threading
+import time
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.media import BadInput
+from serving.prompts import Prompt, chat_prompt, completion_prompts
+from serving.scheduler import QueueFull, Token
+from serving.scheduler import Request as EngineRequest
+from serving.schemas import ChatRequest, CompletionRequest
+from serving.text_stream import TextStream
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error", headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind, self.headers = status, message, param, code, kind, headers
+
+
+def error_response(status: int, message: str, param=None, code=None, kind="invalid_request_error", headers=None):
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+@dataclasses.dataclass
+class Choice:
+    """One generated reply: its engine request, its text so far, its tokens and how it ended."""
+
+    index: int
+    prompt: Prompt
+    request: EngineRequest | None = None
+    stream: TextStream | None = None
+    tokens: list[Token] = dataclasses.field(default_factory=list)
+    finish_reason: str | None = None
+
+
+class Generation:
+    """The choices of one HTTP request, fed by the scheduler thread into this event loop."""
+
+    def __init__(self, server, prompts: list[Prompt], body):
+        self.server, self.body = server, body
+        self.loop = asyncio.get_running_loop()
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.choices: list[Choice] = []
+        seed = body.seed if body.seed is not None else secrets.randbits(32)
+        for prompt in prompts:
+            for _ in range(body.n):
+                index = len(self.choices)
+                params = dataclasses.replace(prompt.params, seed=seed + index)
+                choice = Choice(index, dataclasses.replace(prompt, params=params))
+                choice.stream = TextStream(server.reply_text, body.stop_strings() if prompt.kind == "text" else ())
+                self.choices.append(choice)
+
+    def submit(self) -> None:
+        for choice in self.choices:
+            emit = (lambda index: lambda event: self.loop.call_soon_threadsafe(self.events.put_nowait, (index, event)))
+            choice.request = EngineRequest(choice.prompt.ids, choice.prompt.params, emit(choice.index))
+            try:
+                self.server.scheduler.submit(choice.request)
+            except QueueFull as error:
+                self.cancel()
+                raise ApiError(429, f"the server is busy: {error}; retry shortly", code="queue_full",
+                               kind="rate_limit_error", headers={"Retry-After": "1"}) from None
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        for choice in self.choices:
+            if choice.request is not None and not choice.request.finished:
+                self.server.scheduler.cancel(choice.request, reason)
+
+    async def next(self) -> tuple[Choice, str, bool]:
+        """The next event as (choice, new text, finished?); a stop string ends its choice here."""
+        index, event = await self.events.get()
+        choice = self.choices[index]
+        if isinstance(event, Token):
+            if choice.finish_reason is not None or choice.stream.stopped:
+                return choice, "", False  # a token already in flight when the choice stopped
+            choice.tokens.append(event)
+            text = choice.stream.push(event.id) if choice.prompt.kind == "text" else ""
+            if choice.stream.stopped:
+                self.server.scheduler.cancel(choice.request, "stop")
+            return choice, text, False
+        if event.reason == "error":
+            raise ApiError(500, f"generation failed: {event.error}", kind="server_error")
+        choice.finish_reason = "stop" if event.reason in ("stop", "cancelled") and choice.stream.stopped else event.reason
+        text = choice.stream.finish() if choice.prompt.kind == "text" else ""
+        return choice, text, True
+
+    def usage(self) -> dict:
+        prompt = sum(len(c.prompt.ids) for c in self.choices[:: self.body.n])
+        completion = sum(len(c.tokens) for c in self.choices)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def _until_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def make_app(server) -> FastAPI:
+    """The ASGI app over a `serving.server.Server` (its scheduler, vocabulary, limits and metrics)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_):
+        # Compile in the background: the port is open at once and /health says 503 until it is done.
+        warm_up = threading.Thread(target=server.start, name="warm-up", daemon=True)
+        warm_up.start()
+        yield
+        warm_up.join()
+        server.stop()
+
+    app = FastAPI(title="gemini-jax", docs_url=None, redoc_url=None, lifespan=lifespan)
+    metrics = server.metrics
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        route = request.url.path
+        if route != "/health" and server.api_key is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {server.api_key}".encode()):
+                response = error_response(401, "missing or wrong API key: send `Authorization: Bearer <key>`",
+                                          code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+                metrics.requests.labels(route, "401").inc()
+                return response
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > server.max_body_bytes):
+            metrics.requests.labels(route, "413").inc()
+            return error_response(413, f"request body of {size} bytes is over the {server.max_body_bytes} byte "
+                                  "limit (serve.max_body_bytes)", code="body_too_large")
+        response = await call_next(request)
+        metrics.requests.labels(route, str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(_, error: ApiError):
+        return error_response(error.status, error.message, error.param, error.code, error.kind, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_, error: RequestValidationError):
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        if first.get("type") == "json_invalid":
+            return error_response(400, f"the body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}")
+        return error_response(400, f"{where or 'body'}: {first['msg']}", param=where or None, code=first.get("type"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_, error: StarletteHTTPException):
+        return error_response(error.status_code, str(error.detail), headers=getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_, error: Exception):
+        return error_response(500, f"internal error: {type(error).__name__}: {error}", kind="server_error")
+
+    @app.get("/health")
+    async def health():
+        if not server.ready:
+            return error_response(503, "warming up: compiling the engine", kind="server_error", code="not_ready")
+        return {"status": "ok", "slots": server.scheduler.engine.slots, "slots_in_use": server.scheduler.slots_in_use}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": server.model_name, "object": "model", "created": server.started,
+                                            "owned_by": "gemini-jax"}]}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        _check_model(server, body.model)
+        try:
+            prompts = completion_prompts(server, body)
+        except BadInput as error:
+            raise ApiError(400, str(error), param=error.param) from None
+        prompts = _with_budget(server, prompts, body.max_tokens or 16, "max_tokens")  # OpenAI's default: 16
+        return await _respond(server, request, body, prompts, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest, request: Request):
+        _check_model(server, body.model)
+        try:
+            prompt = await asyncio.to_thread(chat_prompt, server, body)
+        except BadInput as error:
+            raise ApiError(400, str(error), param=error.param, code="invalid_content") from None
+        # A picture is always one image's worth of codes, whatever max_tokens says.
+        budget = prompt.params.max_tokens if prompt.kind == "image" else body.max_completion_tokens or body.max_tokens
+        return await _respond(server, request, body, _with_budget(server, [prompt], budget, "max_tokens"), chat=True)
+
+    return app
+
+
+def _check_model(server, model: str | None) -> None:
+    if model is not None and model != server.model_name:
+        raise ApiError(404, f"model {model!r} is not served here; GET /v1/models lists {server.model_name!r}",
+                       param="model", code="model_not_found")
+
+
+def _with_budget(server, prompts: list[Prompt], max_tokens: int | None, param: str) -> list[Prompt]:
+    """Each prompt with its token budget (None: as many as fit), refused with 400 naming the limit it breaks."""
+    cache_len, limit = server.cfg.serve.max_cache_len, server.cfg.serve.max_tokens
+    if max_tokens is not None and max_tokens > limit:
+        raise ApiError(400, f"{param}={max_tokens} is over the server's limit of {limit} (serve.max_tokens)",
+                       param=param, code="max_tokens_exceeded")
+    out = []
+    for prompt in prompts:
+        room = cache_len - len(prompt.ids)
+        if room < 1:
+            raise ApiError(400, f"the prompt is {len(prompt.ids)} tokens; the limit is {cache_len - 1} "
+                           f"(serve.max_cache_len={cache_len}, less one token to generate)", param="prompt",
+                           code="context_length_exceeded")
+        if max_tokens is not None and max_tokens > room:
+            raise ApiError(400, f"the prompt's {len(prompt.ids)} tokens + {param}={max_tokens} exceed the "
+                           f"{cache_len}-token context (serve.max_cache_len)", param=param,
+                           code="context_length_exceeded")
+        budget = min(limit, room) if max_tokens is None else max_tokens
+        out.append(dataclasses.replace(prompt, params=dataclasses.replace(prompt.params, max_tokens=budget)))
+    return out
+
+
+async def _respond(server, request: Request, body, prompts: list[Prompt], chat: bool):
+    generation = Generation(server, prompts, body)
+    generation.submit()
+    deadline = time.monotonic() + server.cfg.serve.request_timeout_s
+    if body.stream:
+        return StreamingResponse(_stream(server, generation, body, chat, deadline), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    disconnect = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        finished = 0
+        while finished < len(generation.choices):
+            get = asyncio.ensure_future(generation.next())
+            timeout = deadline - time.monotonic()
+            done, _ = await asyncio.wait({get, disconnect}, timeout=max(timeout, 0),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if get not in done:
+                get.cancel()
+                if disconnect in done:
+                    return Response(status_code=499)  # nobody is listening; the slot is freed below
+                raise ApiError(504, f"the request took over serve.request_timeout_s="
+                               f"{server.cfg.serve.request_timeout_s} s", code="timeout", kind="server_error")
+            finished += get.result()[2]
+    finally:
+        disconnect.cancel()
+        generation.cancel()
+    choices = [_choice_body(server, c, body, chat) for c in generation.choices]
+    kind = "chat.completion" if chat else "text_completion"
+    return {"id": _id(chat), "object": kind, "created": int(time.time()), "model": server.model_name,
+            "choices": choices, "usage": generation.usage()}
+
+
+async def _stream(server, generation: Generation, body, chat: bool, deadline: float) -> AsyncIterator[str]:
+    """SSE: a chunk per token that releases text (chat starts with the role), a chunk per finished
+    choice with its finish_reason, optionally the usage, then [DONE]. A disconnect cancels here."""
+    ident, created = _id(chat), int(time.time())
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(choices, usage=None):
+        body_ = {"id": ident, "object": kind, "created": created, "model": server.model_name, "choices": choices}
+        if usage is not None:
+            body_["usage"] = usage
+        return f"data: {json.dumps(body_)}\n\n"
+
+    try:
+        if chat:
+            yield chunk([{"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                          "finish_reason": None} for c in generation.choices])
+        finished = 0
+        while finished < len(generation.choices):
+            try:
+                choice, text, done = await asyncio.wait_for(generation.next(), max(deadline - time.monotonic(), 0))
+            except asyncio.TimeoutError:
+                error = {"message": f"the request took over serve.request_timeout_s={server.cfg.serve.request_timeout_s} s",
+                         "type": "server_error", "param": None, "code": "timeout"}
+                yield f"data: {json.dumps({'error': error})}\n\n"
+                return
+            except ApiError as error:
+                yield f"data: {json.dumps({'error': {'message': error.message, 'type': error.kind, 'param': None, 'code': error.code}})}\n\n"
+                return
+            token = choice.tokens[-1] if choice.tokens and not done else None
+            if text or done or (body.logprobs and token is not None):
+                yield chunk([_delta(server, choice, text, token if text or not done else None, done, body, chat)])
+            finished += done
+        if body.stream_options is not None and body.stream_options.include_usage:
+            yield chunk([], usage=generation.usage())
+        yield "data: [DONE]\n\n"
+    finally:
+        generation.cancel()
+
+
+def _delta(server, choice: Choice, text: str, token: Token | None, done: bool, body, chat: bool) -> dict:
+    finish = choice.finish_reason if done else None
+    logprobs = None
+    if body.logprobs and token is not None:
+        logprobs = _chat_logprobs(server, [token], body) if chat else _completion_logprobs(server, [token], body)
+    if chat:
+        delta = {"content": text} if text else {}
+        if done and choice.prompt.kind == "image":
+            delta["images"] = _images(server, choice)
+        return {"index": choice.index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+    return {"index": choice.index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+
+def _choice_body(server, choice: Choice, body, chat: bool) -> dict:
+    text = choice.stream.released
+    if chat:
+        message = {"role": "assistant", "content": text}
+        if choice.prompt.kind == "image":
+            message["images"] = _images(server, choice)
+        logprobs = _chat_logprobs(server, choice.tokens, body) if body.logprobs else None
+        return {"index": choice.index, "message": message, "logprobs": logprobs, "finish_reason": choice.finish_reason}
+    logprobs = _completion_logprobs(server, choice.tokens, body) if body.logprobs is not None else None
+    return {"index": choice.index, "text": text, "logprobs": logprobs, "finish_reason": choice.finish_reason}
+
+
+def _images(server, choice: Choice) -> list[dict]:
+    url = server.picture_url([t.id for t in choice.tokens])
+    return [] if url is None else [{"type": "image_url", "image_url": {"url": url}}]
+
+
+def _completion_logprobs(server, tokens: list[Token], body) -> dict:
+    top = body.logprobs or 0
+    return {
+        "tokens": [server.token_text(t.id) for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": [{server.token_text(i): lp for i, lp in t.top[:top]} for t in tokens] if top else None,
+    }
+
+
+def _chat_logprobs(server, tokens: list[Token], body) -> dict:
+    top = body.top_logprobs or 0
+
+    def entry(token_id: int, logprob: float) -> dict:
+        text = server.token_text(token_id)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    return {"content": [{**entry(t.id, t.logprob), "top_logprobs": [entry(i, lp) for i, lp in t.top[:top]]}
+                        for t in tokens]}
+
+
+def _id(chat: bool) -> str:
+    return ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)

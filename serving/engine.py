@@ -1,0 +1,213 @@
+"""The decoding engine: B slots sharing one KV cache on the mesh, driven by three jitted programs.
+
+    prefill(tokens padded to a bucket)     -> Prefix: the prompt's keys/values and its first token
+    insert(decode state, prefix, slot)     -> the slot holds the request; its old rows are masked off
+    step(decode state, live)               -> one token for every slot, sampled on the device
+
+The decode state is donated to `insert` and `step`, so the cache is updated in place. Prompts
+are padded up to one of a few bucket lengths (powers of two), and every bucket is compiled at
+start-up (`warm_up`), so no request waits for a compile. Sampling parameters are rows of arrays
+(serving/sampling.py): greedy and sampled requests share a step at no cost.
+
+A slot stops on the device when it produces one of its stop ids or reaches its token budget:
+the host learns it a step later (the scheduler keeps one step in flight) and nothing is
+decoded for the slot meanwhile. The host can also stop a slot (a cancel, a stop string) by
+clearing its `live` bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+from jax.sharding import NamedSharding
+
+from configs.base import ModelConfig
+from model.attention import KVCache
+from model.sharding import logical_to_spec
+from model.transformer import forward
+from serving.sampling import Sampled, SamplingRows, sample
+
+MAX_STOP_IDS = 4  # stop ids per request, <eos> among them
+SMALLEST_BUCKET = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """One request's decoding parameters, as the host holds them."""
+
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_k: int = 0  # 0: no limit
+    top_p: float = 1.0
+    seed: int = 0
+    stop_ids: tuple[int, ...] = ()
+    allowed: tuple[int, int] | None = None  # ids the request may produce, [lo, hi); None: any real id
+
+
+@struct.dataclass
+class Prefix:
+    """A prefilled prompt, ready to insert: its cache rows, its length, its first token."""
+
+    k: jax.Array  # [layers, 1, bucket, kv_heads, head_dim]
+    v: jax.Array
+    length: jax.Array  # i32 []
+    run_start: jax.Array  # i32 [1]: the cache's record of where the prompt's last image run began
+    first: Sampled  # rows of 1
+    rows: SamplingRows  # rows of 1
+    remaining: jax.Array  # i32 []: tokens still to produce after the first
+    stop_ids: jax.Array  # i32 [MAX_STOP_IDS], -1 padded
+
+
+@struct.dataclass
+class DecodeState:
+    cache: KVCache  # [layers, slots, cache_len, ...]
+    tokens: jax.Array  # i32 [B]: each slot's last token, the next step's input
+    positions: jax.Array  # i32 [B]: where that token goes in the cache
+    remaining: jax.Array  # i32 [B]: tokens the slot may still produce
+    stop_ids: jax.Array  # i32 [B, MAX_STOP_IDS]
+    active: jax.Array  # bool [B]: the slot decodes in the next step
+    rows: SamplingRows
+
+
+def buckets(cache_len: int) -> tuple[int, ...]:
+    """Prompt lengths compiled for: 16, 32, ... up to the cache length (which is always one)."""
+    sizes, size = [], SMALLEST_BUCKET
+    while size < cache_len:
+        sizes.append(size)
+        size *= 2
+    return tuple(sizes) + (cache_len,)
+
+
+def _stopped(tokens_b, remaining_b, positions_b, stop_ids_bs, cache_len):
+    hit_b = jnp.any(tokens_b[:, None] == stop_ids_bs, axis=-1)
+    # The token just made goes to `positions + 1` in the next step; past the cache there is no room.
+    return hit_b | (remaining_b <= 0) | (positions_b + 1 >= cache_len)
+
+
+class Engine:
+    def __init__(self, cfg: ModelConfig, graphdef: nnx.GraphDef, state: nnx.State, mesh: jax.sharding.Mesh,
+                 slots: int, cache_len: int, eos_id: int, real_vocab: int):
+        self.cfg, self.graphdef, self.state, self.mesh = cfg, graphdef, state, mesh
+        self.slots, self.cache_len, self.eos_id, self.real_vocab = slots, cache_len, eos_id, real_vocab
+        self.buckets = buckets(cache_len)
+        # Slots split over the data axes, kv heads over `tensor` where they can (see LOGICAL_RULES).
+        cache_spec = logical_to_spec(("layers", "batch", "length", "kv", "head_dim"))
+        self._cache_sharding = NamedSharding(mesh, cache_spec)
+        self._prefill = jax.jit(self._prefill_fn, static_argnums=0)
+        self._insert = jax.jit(self._insert_fn, donate_argnums=0)
+        self._step = jax.jit(self._step_fn, static_argnums=0, donate_argnums=2)
+        self.decode_state = self._empty_state()
+
+    # ---- the jitted programs ------------------------------------------------------------------
+    def _prefill_fn(self, graphdef, state, tokens_1t, length, rows: SamplingRows, remaining, stop_ids_s):
+        bucket = tokens_1t.shape[1]
+        positions_1t = jnp.arange(bucket, dtype=jnp.int32)[None]
+        segments_1t = (positions_1t < length).astype(jnp.int32)
+        cache = KVCache.init(self.cfg, 1, bucket)
+        logits_1tv, cache = forward(graphdef, state, tokens_1t, positions_1t, segments_1t, cache)
+        first = sample(logits_1tv[:, length - 1], rows, jnp.reshape(length, (1,)))
+        return Prefix(k=cache.k, v=cache.v, length=length, run_start=cache.run_start, first=first, rows=rows, remaining=remaining,
+                      stop_ids=stop_ids_s)
+
+    def _insert_fn(self, decode: DecodeState, prefix: Prefix, slot):
+        cache = decode.cache
+        zero = jnp.zeros((), jnp.int32)
+        k = jax.lax.dynamic_update_slice(cache.k, prefix.k.astype(cache.k.dtype), (zero, slot, zero, zero, zero))
+        v = jax.lax.dynamic_update_slice(cache.v, prefix.v.astype(cache.v.dtype), (zero, slot, zero, zero, zero))
+        row_s = (jnp.arange(self.cache_len) < prefix.length).astype(jnp.int32)
+        segment_ids = cache.segment_ids.at[slot].set(row_s)  # the old request's rows are masked off
+        first_token = prefix.first.tokens[0]
+        done = _stopped(first_token[None], prefix.remaining[None], prefix.length[None] - 1,
+                        prefix.stop_ids[None], self.cache_len)[0]
+        rows = jax.tree.map(lambda all_rows, row: all_rows.at[slot].set(row[0]), decode.rows, prefix.rows)
+        return DecodeState(
+            cache=KVCache(k=k, v=v, segment_ids=segment_ids, run_start=cache.run_start.at[slot].set(prefix.run_start[0])),
+            tokens=decode.tokens.at[slot].set(first_token),
+            positions=decode.positions.at[slot].set(prefix.length),
+            remaining=decode.remaining.at[slot].set(prefix.remaining),
+            stop_ids=decode.stop_ids.at[slot].set(prefix.stop_ids),
+            active=decode.active.at[slot].set(~done),
+            rows=rows,
+        )
+
+    def _step_fn(self, graphdef, state, decode: DecodeState, live_b):
+        active_b = decode.active & live_b
+        logits_b1v, cache = forward(graphdef, state, decode.tokens[:, None], decode.positions[:, None],
+                                    active_b[:, None].astype(jnp.int32), decode.cache)
+        out = sample(logits_b1v[:, 0], decode.rows, decode.positions + 1)
+        remaining_b = decode.remaining - active_b
+        stopped_b = _stopped(out.tokens, remaining_b, decode.positions, decode.stop_ids, self.cache_len)
+        decode = decode.replace(
+            cache=cache,
+            tokens=jnp.where(active_b, out.tokens, decode.tokens),
+            positions=decode.positions + active_b,
+            remaining=remaining_b,
+            active=active_b & ~stopped_b,
+        )
+        return decode, (out, active_b, stopped_b)
+
+    # ---- host side ----------------------------------------------------------------------------
+    def _empty_state(self) -> DecodeState:
+        b = self.slots
+        with jax.set_mesh(self.mesh):
+            cache = KVCache.init(self.cfg, b, self.cache_len)
+            cache = cache.replace(k=jax.device_put(cache.k, self._cache_sharding),
+                                  v=jax.device_put(cache.v, self._cache_sharding))
+        return DecodeState(cache=cache, tokens=jnp.zeros((b,), jnp.int32), positions=jnp.zeros((b,), jnp.int32),
+                           remaining=jnp.zeros((b,), jnp.int32), stop_ids=jnp.full((b, MAX_STOP_IDS), -1, jnp.int32),
+                           active=jnp.zeros((b,), bool), rows=SamplingRows.zeros(b))
+
+    def bucket_for(self, length: int) -> int:
+        for size in self.buckets:
+            if length <= size:
+                return size
+        raise ValueError(f"prompt of {length} tokens exceeds serve.max_cache_len={self.cache_len}")
+
+    def rows_for(self, params: SamplingParams) -> tuple[SamplingRows, np.ndarray]:
+        stop = (self.eos_id, *params.stop_ids)
+        if len(stop) > MAX_STOP_IDS:
+            raise ValueError(f"at most {MAX_STOP_IDS - 1} stop ids besides <eos>, got {len(params.stop_ids)}")
+        allowed = params.allowed or (0, self.real_vocab)
+        rows = SamplingRows(temperature=np.array([params.temperature], np.float32),
+                            top_k=np.array([params.top_k], np.int32), top_p=np.array([params.top_p], np.float32),
+                            seed=np.array([params.seed % 2**32], np.uint32), allowed=np.array([allowed], np.int32))
+        return rows, np.array(stop + (-1,) * (MAX_STOP_IDS - len(stop)), np.int32)
+
+    def prefill(self, prompt: np.ndarray, params: SamplingParams) -> Prefix:
+        """The prompt's cache rows and first token (device arrays: nothing waits for them)."""
+        prompt = np.asarray(prompt, np.int32).reshape(-1)
+        if prompt.size == 0:
+            raise ValueError("a prompt needs at least one token")
+        if params.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {params.max_tokens}")
+        bucket = self.bucket_for(prompt.size)
+        tokens = np.zeros((1, bucket), np.int32)
+        tokens[0, : prompt.size] = prompt
+        rows, stop = self.rows_for(params)
+        with jax.set_mesh(self.mesh):
+            return self._prefill(self.graphdef, self.state, tokens, np.int32(prompt.size), rows,
+                                 np.int32(params.max_tokens - 1), stop)
+
+    def insert(self, prefix: Prefix, slot: int) -> None:
+        with jax.set_mesh(self.mesh):
+            self.decode_state = self._insert(self.decode_state, prefix, np.int32(slot))
+
+    def step(self, live: np.ndarray):
+        """Dispatch one step for every slot; returns (Sampled, active, stopped), still on the device."""
+        with jax.set_mesh(self.mesh):
+            self.decode_state, out = self._step(self.graphdef, self.state, self.decode_state, np.asarray(live, bool))
+        return out
+
+    def warm_up(self) -> None:
+        """Compile every bucket's prefill, the insert and the step now, so no request waits for a compile."""
+        params = SamplingParams(max_tokens=2)
+        for bucket in self.buckets:
+            prefix = self.prefill(np.zeros(bucket, np.int32), params)
+            self.insert(prefix, 0)
+        jax.block_until_ready(self.step(np.zeros(self.slots, bool)))
+        self.decode_state = self._empty_state()
+

@@ -1,0 +1,74 @@
+"""Per-row sampling inside the jitted step: every request's parameters are rows of arrays.
+
+Greedy and sampled requests, different temperatures, top-k, top-p and seeds all run in one
+batch with no recompile and no branch: every row computes the same ops and picks its answer by
+`where`. Sampling draws from the `CANDIDATES` likeliest tokens (a `top_k` of the logits, cheap
+beside a full sort of the vocabulary); top-k and top-p then cut that sorted list per row.
+
+Each row's randomness is `fold_in(key(seed), position)`, so a seeded request draws the same
+tokens whether it decodes alone or beside others, in any slot.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+CANDIDATES = 64  # the most a top_k may ask for; also what an unlimited top_k samples among
+TOP_LOGPROBS = 5  # alternatives reported per token (OpenAI allows up to 5 for completions)
+
+
+@struct.dataclass
+class SamplingRows:
+    """Sampling parameters, one row per decode slot (or per prefilled request)."""
+
+    temperature: jax.Array  # f32 [B]; 0 = greedy
+    top_k: jax.Array  # i32 [B]; 0 = no limit beyond CANDIDATES
+    top_p: jax.Array  # f32 [B]; 1 = no limit
+    seed: jax.Array  # u32 [B]
+    allowed: jax.Array  # i32 [B, 2]: ids in [lo, hi) may be produced (a picture asks for image codes only)
+
+    @classmethod
+    def zeros(cls, rows: int) -> "SamplingRows":
+        return cls(temperature=jnp.zeros((rows,), jnp.float32), top_k=jnp.zeros((rows,), jnp.int32),
+                   top_p=jnp.ones((rows,), jnp.float32), seed=jnp.zeros((rows,), jnp.uint32),
+                   allowed=jnp.zeros((rows, 2), jnp.int32))
+
+
+@struct.dataclass
+class Sampled:
+    tokens: jax.Array  # i32 [B]
+    logprobs: jax.Array  # f32 [B]: the model's log-probability of each chosen token
+    top_ids: jax.Array  # i32 [B, TOP_LOGPROBS]: the likeliest alternatives ...
+    top_logprobs: jax.Array  # f32 [B, TOP_LOGPROBS]: ... and theirs
+
+
+def sample(logits_bv: jax.Array, rows: SamplingRows, positions_b: jax.Array) -> Sampled:
+    """The next token of every row, and the log-probabilities the API reports."""
+    vocab = logits_bv.shape[-1]
+    ids_v = jnp.arange(vocab, dtype=jnp.int32)
+    inside_bv = (ids_v >= rows.allowed[:, :1]) & (ids_v < rows.allowed[:, 1:])
+    logits_bv = jnp.where(inside_bv, logits_bv.astype(jnp.float32), -jnp.inf)
+    logprobs_bv = jax.nn.log_softmax(logits_bv, axis=-1)
+
+    # The candidates come sorted, likeliest first: top-k is a prefix, top-p a prefix by mass.
+    candidates = min(CANDIDATES, vocab)
+    best_bc, best_ids_bc = jax.lax.top_k(logprobs_bv, candidates)
+    rank_c = jnp.arange(candidates)
+    limit_b = jnp.where(rows.top_k > 0, jnp.minimum(rows.top_k, candidates), candidates)
+    keep_bc = rank_c < limit_b[:, None]
+    temperature_b1 = jnp.maximum(rows.temperature, 1e-6)[:, None]
+    scaled_bc = jnp.where(keep_bc, best_bc / temperature_b1, -jnp.inf)
+    probs_bc = jax.nn.softmax(scaled_bc, axis=-1)
+    mass_before_bc = jnp.cumsum(probs_bc, axis=-1) - probs_bc
+    keep_bc &= (mass_before_bc < rows.top_p[:, None]) | (rank_c == 0)  # the likeliest always stays
+    scaled_bc = jnp.where(keep_bc, scaled_bc, -jnp.inf)
+
+    keys = jax.vmap(lambda seed, position: jax.random.fold_in(jax.random.key(seed), position))(rows.seed, positions_b)
+    choice_b = jax.vmap(jax.random.categorical)(keys, scaled_bc)
+    sampled_b = jnp.take_along_axis(best_ids_bc, choice_b[:, None], axis=-1)[:, 0]
+    tokens_b = jnp.where(rows.temperature > 0, sampled_b, best_ids_bc[:, 0])
+    chosen_b = jnp.take_along_axis(logprobs_bv, tokens_b[:, None], axis=-1)[:, 0]
+    return Sampled(tokens=tokens_b, logprobs=chosen_b, top_ids=best_ids_bc[:, :TOP_LOGPROBS],
+                   top_logprobs=best_bc[:, :TOP_LOGPROBS])

@@ -1,0 +1,195 @@
+"""Continuous batching: one thread keeps the engine's slots full as requests arrive and finish.
+
+Each turn of the loop:
+  1. free the slots of cancelled requests (the HTTP layer cancels on disconnect, timeout, stop string);
+  2. admit waiting requests into free slots: prefill, insert, report the first token;
+  3. dispatch one decode step for every slot, then deliver the *previous* step's tokens.
+
+Delivering one step behind keeps the device busy while the host reads tokens: the next step is
+already queued when the host waits. A slot that stops on the device (a stop id, its budget)
+decodes nothing more meanwhile, and the host frees it when it reads that step. A finished or
+cancelled request frees its slot at once, for the next turn's admissions.
+
+Events reach each request through its `emit` callback, called on this thread: the HTTP layer
+hands them to its event loop; tests collect them.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+import time
+import traceback
+from typing import Callable
+
+import jax
+import numpy as np
+
+from serving.engine import Engine, SamplingParams
+
+
+@dataclasses.dataclass(frozen=True)
+class Token:
+    id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]  # the likeliest alternatives, (id, logprob)
+
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    reason: str  # "stop" (a stop id), "length" (max_tokens or the cache), "cancelled", "error"
+    error: str | None = None
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclasses.dataclass(eq=False)
+class Request:
+    prompt: np.ndarray
+    params: SamplingParams
+    emit: Callable[[Token | Finished], None]
+    arrived: float = dataclasses.field(default_factory=time.perf_counter)
+    cancel_reason: str | None = None  # set by `Scheduler.cancel`, from any thread
+    finished: bool = False
+    last_token_at: float | None = None
+
+
+class Scheduler:
+    def __init__(self, engine: Engine, max_queue: int, metrics=None):
+        self.engine, self.max_queue, self.metrics = engine, max_queue, metrics
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.slots: list[Request | None] = [None] * engine.slots
+        self.wake = threading.Condition()
+        self.in_flight = None  # (step outputs on the device, the slots' requests when it was dispatched)
+        self.running = False
+        self.thread: threading.Thread | None = None
+
+    # ---- called from any thread ---------------------------------------------------------------
+    def submit(self, request: Request) -> None:
+        with self.wake:
+            if len(self.waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self.waiting)} requests are waiting (serve.max_queue={self.max_queue})")
+            self.waiting.append(request)
+            self._observe_queue()
+            self.wake.notify()
+
+    def cancel(self, request: Request, reason: str = "cancelled") -> None:
+        with self.wake:
+            if request.cancel_reason is None:
+                request.cancel_reason = reason
+            self.wake.notify()
+
+    def start(self) -> None:
+        self.running = True
+        self.thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self.wake:
+            self.running = False
+            self.wake.notify()
+        if self.thread is not None:
+            self.thread.join()
+
+    @property
+    def slots_in_use(self) -> int:
+        return sum(r is not None for r in self.slots)
+
+    # ---- the loop (scheduler thread) ----------------------------------------------------------
+    def _run(self) -> None:
+        while self.running:
+            try:
+                self._turn()
+            except Exception:  # a bug must not wedge the server: fail what is in flight, start clean
+                error = traceback.format_exc(limit=3)
+                for request in [r for r in self.slots if r is not None]:
+                    self._finish(request, Finished("error", error))
+                self.slots = [None] * self.engine.slots
+                self.in_flight = None
+                self.engine.decode_state = self.engine._empty_state()
+
+    def _turn(self) -> None:
+        with self.wake:
+            if not self.waiting and self.slots_in_use == 0 and self.in_flight is None:
+                self.wake.wait(timeout=0.1)
+                return
+            self._free_cancelled()
+        self._admit()
+        live = np.array([r is not None for r in self.slots])
+        dispatched = None
+        if live.any():
+            dispatched = (self.engine.step(live), list(self.slots))
+        previous, self.in_flight = self.in_flight, dispatched
+        if previous is not None:
+            self._deliver(*previous)
+        if self.metrics is not None:
+            self.metrics.slots_in_use.set(self.slots_in_use)
+
+    def _free_cancelled(self) -> None:
+        for slot, request in enumerate(self.slots):
+            if request is not None and request.cancel_reason is not None:
+                self.slots[slot] = None
+                self._finish(request, Finished(request.cancel_reason))
+        for request in [r for r in self.waiting if r.cancel_reason is not None]:
+            self.waiting.remove(request)
+            self._finish(request, Finished(request.cancel_reason))
+
+    def _admit(self) -> None:
+        while True:
+            with self.wake:
+                free = [s for s, r in enumerate(self.slots) if r is None]
+                if not free or not self.waiting:
+                    self._observe_queue()
+                    return
+                request = self.waiting.popleft()
+            try:
+                prefix = self.engine.prefill(request.prompt, request.params)
+                self.engine.insert(prefix, free[0])
+                first = jax.device_get(prefix.first)
+            except ValueError as error:  # the API checks limits first; this is the engine's own word
+                self._finish(request, Finished("error", str(error)))
+                continue
+            self.slots[free[0]] = request
+            token = int(first.tokens[0])
+            self._emit_token(request, token, first.logprobs[0], first.top_ids[0], first.top_logprobs[0])
+            stop_ids = (self.engine.eos_id, *request.params.stop_ids)
+            if token in stop_ids or request.params.max_tokens == 1:
+                self.slots[free[0]] = None  # the device left the slot inactive: it is free again
+                self._finish(request, Finished("stop" if token in stop_ids else "length"))
+
+    def _deliver(self, out, occupants: list[Request | None]) -> None:
+        sampled, active, stopped = jax.device_get(out)
+        for slot, request in enumerate(occupants):
+            if request is None or not active[slot] or request.finished:
+                continue
+            token = int(sampled.tokens[slot])
+            self._emit_token(request, token, sampled.logprobs[slot], sampled.top_ids[slot], sampled.top_logprobs[slot])
+            if stopped[slot]:
+                if self.slots[slot] is request:
+                    self.slots[slot] = None
+                stop_ids = (self.engine.eos_id, *request.params.stop_ids)
+                self._finish(request, Finished("stop" if token in stop_ids else "length"))
+
+    def _emit_token(self, request: Request, token: int, logprob, top_ids, top_logprobs) -> None:
+        now = time.perf_counter()
+        if self.metrics is not None:
+            if request.last_token_at is None:
+                self.metrics.time_to_first_token.observe(now - request.arrived)
+            else:
+                self.metrics.time_per_output_token.observe(now - request.last_token_at)
+            self.metrics.tokens_generated.inc()
+        request.last_token_at = now
+        top = tuple((int(i), float(lp)) for i, lp in zip(top_ids, top_logprobs))
+        request.emit(Token(token, float(logprob), top))
+
+    def _finish(self, request: Request, event: Finished) -> None:
+        if not request.finished:
+            request.finished = True
+            request.emit(event)
+
+    def _observe_queue(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(len(self.waiting))

@@ -1,0 +1,68 @@
+"""What the HTTP layer serves: the engine's scheduler, the vocabulary, the limits, the metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from configs.base import Config
+from data.segments import Image, Text
+from data.text_tokenizer import EOS
+from data.vocab import Vocabulary
+from serving.engine import Engine
+from serving.media import png_data_url
+from serving.metrics import ServingMetrics
+from serving.scheduler import Scheduler
+
+
+@dataclasses.dataclass
+class Server:
+    cfg: Config
+    vocab: Vocabulary
+    engine: Engine
+    model_name: str
+    api_key: str | None = None
+    allowed_image_hosts: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        self.metrics = ServingMetrics()
+        self.scheduler = Scheduler(self.engine, self.cfg.serve.max_queue, self.metrics)
+        self.ready = False
+        self.started = int(time.time())
+        self.max_body_bytes = self.cfg.serve.max_body_bytes
+        self.real_vocab = self.engine.real_vocab
+
+    def start(self) -> None:
+        """Compile every program, then start taking requests (/health turns ready)."""
+        self.engine.warm_up()
+        self.scheduler.start()
+        self.ready = True
+
+    def stop(self) -> None:
+        self.ready = False
+        self.scheduler.stop()
+
+    # ---- ids -> what a reply shows ------------------------------------------------------------
+    def reply_text(self, ids) -> str:
+        return "".join(s.text for s in self.vocab.decode(ids) if isinstance(s, Text))
+
+    def token_text(self, token: int) -> str:
+        """A token as logprobs show it: its text piece, or <image:N> / <audio:N> for a code."""
+        if token >= self.vocab.audio_offset:
+            return f"<audio:{token - self.vocab.audio_offset}>"
+        if token >= self.vocab.image_offset:
+            return f"<image:{token - self.vocab.image_offset}>"
+        return self.vocab.text.processor.id_to_piece(token).replace("\u2581", " ")
+
+    def picture_url(self, codes_as_ids) -> str | None:
+        """A generated picture as a PNG data URL; None when the codes do not make a whole image."""
+        ids = [self.vocab.ids["<boi>"], *codes_as_ids, self.vocab.ids["<eoi>"]]
+        images = [s for s in self.vocab.decode(ids) if isinstance(s, Image) and s.pixels is not None]
+        return png_data_url(images[0].pixels) if images else None
+
+
+def make_server(cfg: Config, vocab: Vocabulary, graphdef, state, mesh, **kwargs) -> Server:
+    engine = Engine(cfg.model, graphdef, state, mesh, cfg.serve.slots, cfg.serve.max_cache_len,
+                    eos_id=vocab.ids[EOS], real_vocab=vocab.audio_offset + vocab.audio_codes)
+    return Server(cfg, vocab, engine, model_name=kwargs.pop("model_name", cfg.name), **kwargs)
+

@@ -1,0 +1,244 @@
+"""The decoding engine and its scheduler: exact greedy decoding, continuous batching, cancels, sampling rows."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from serving.engine import SamplingParams, buckets
+from serving.sampling import SamplingRows, sample
+from serving.scheduler import Scheduler
+from serving.text_stream import TextStream
+from tests.helpers import jit_forward
+from tests.serving_helpers import EOS, SERVE_CFG, make_engine, prompt_of, request, served_model
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def model():
+    return served_model()
+
+
+@pytest.fixture(scope="module")
+def engine(model):
+    engine = make_engine(*model)
+    engine.warm_up()
+    return engine
+
+
+def reference_greedy(model, prompt, new_tokens: int) -> list[int]:
+    """Greedy decoding with the plain forward over the whole sequence each time: no cache, no engine."""
+    graphdef, state = model
+    ids = list(prompt)
+    out = []
+    for _ in range(new_tokens):
+        logits, _ = jit_forward(graphdef, state, jnp.asarray([ids], jnp.int32))
+        token = int(jnp.argmax(logits[0, -1]))
+        out.append(token)
+        if token == EOS:
+            break
+        ids.append(token)
+    return out
+
+
+def run_alone(engine, prompt, max_tokens: int, **params) -> list[int]:
+    scheduler = Scheduler(engine, max_queue=10)
+    scheduler.start()
+    try:
+        req, sink = request(prompt, max_tokens, **params)
+        scheduler.submit(req)
+        return sink.wait().tokens
+    finally:
+        scheduler.stop()
+
+
+def test_buckets_are_powers_of_two_up_to_the_cache_length():
+    assert buckets(128) == (16, 32, 64, 128)
+    assert buckets(100) == (16, 32, 64, 100)
+
+
+@pytest.mark.parametrize("length", [1, 7, 16, 40])
+def test_greedy_through_the_engine_equals_greedy_with_the_plain_forward(model, engine, length):
+    prompt = prompt_of(length, seed=length)
+    assert run_alone(engine, prompt, 12, temperature=0.0) == reference_greedy(model, prompt, 12)
+
+
+def test_continuous_batching_gives_each_request_the_tokens_it_gets_alone(engine):
+    """10 requests of mixed lengths and budgets through 4 slots, arriving in waves while others decode."""
+    specs = [(3 + 5 * i, 4 + (7 * i) % 13) for i in range(10)]
+    alone = [run_alone(engine, prompt_of(n, seed=i), m) for i, (n, m) in enumerate(specs)]
+    scheduler = Scheduler(engine, max_queue=20)
+    scheduler.start()
+    try:
+        sinks = []
+        for i, (n, m) in enumerate(specs):
+            req, sink = request(prompt_of(n, seed=i), m)
+            scheduler.submit(req)
+            sinks.append(sink)
+            if i % 3 == 2:
+                time.sleep(0.05)  # the next wave arrives mid-decode
+        together = [sink.wait().tokens for sink in sinks]
+    finally:
+        scheduler.stop()
+    assert together == alone
+    assert all(s.finished.reason in ("stop", "length") for s in sinks)
+
+
+def test_a_seeded_sampled_request_draws_the_same_tokens_alone_or_beside_others(engine):
+    params = dict(temperature=1.0, top_k=20, top_p=0.9, seed=1234)
+    alone = run_alone(engine, prompt_of(9, seed=1), 10, **params)
+    scheduler = Scheduler(engine, max_queue=10)
+    scheduler.start()
+    try:
+        others = [request(prompt_of(5 + i, seed=50 + i), 10, temperature=0.7, seed=i)[0] for i in range(2)]
+        for other in others:
+            scheduler.submit(other)
+        req, sink = request(prompt_of(9, seed=1), 10, **params)
+        scheduler.submit(req)
+        assert sink.wait().tokens == alone
+    finally:
+        scheduler.stop()
+
+
+def test_a_request_arriving_while_others_decode_is_served_without_waiting_for_them(engine):
+    scheduler = Scheduler(engine, max_queue=10)
+    scheduler.start()
+    try:
+        # Text ids only, so neither long request can end early on an <eos>.
+        long = [request(prompt_of(8, seed=i), 100, allowed=(10, 1024)) for i in range(2)]
+        for req, _ in long:
+            scheduler.submit(req)
+        while not all(sink.tokens for _, sink in long):
+            time.sleep(0.01)
+        short, short_sink = request(prompt_of(6, seed=9), 3)
+        scheduler.submit(short)
+        short_sink.wait()
+        assert not any(sink.done.is_set() for _, sink in long), "the short request waited for the long ones"
+        assert all(len(sink.tokens) < 100 for _, sink in long)
+        for req, _ in long:
+            scheduler.cancel(req)
+    finally:
+        scheduler.stop()
+
+
+def test_a_cancelled_request_frees_its_slot_at_once(engine):
+    scheduler = Scheduler(engine, max_queue=10)
+    scheduler.start()
+    try:
+        req, sink = request(prompt_of(8, seed=3), 100)
+        scheduler.submit(req)
+        while not sink.tokens:
+            time.sleep(0.01)
+        scheduler.cancel(req)
+        sink.wait()
+        assert sink.finished.reason == "cancelled"
+        deadline = time.time() + 5
+        while scheduler.slots_in_use and time.time() < deadline:
+            time.sleep(0.01)
+        assert scheduler.slots_in_use == 0
+        assert len(sink.tokens) < 100
+    finally:
+        scheduler.stop()
+
+
+def test_a_request_stops_at_its_stop_id_and_counts_it(model, engine):
+    prompt = prompt_of(10, seed=4)
+    free_run = reference_greedy(model, prompt, 8)
+    stop = free_run[3]
+    tokens = run_alone(engine, prompt, 8, stop_ids=(stop,))
+    assert tokens == free_run[: free_run.index(stop) + 1]
+
+
+def test_more_requests_than_slots_all_complete_and_none_is_lost(engine):
+    scheduler = Scheduler(engine, max_queue=100)
+    scheduler.start()
+    try:
+        sinks = []
+        for i in range(40):
+            req, sink = request(prompt_of(2 + i % 30, seed=100 + i), 1 + i % 9, temperature=float(i % 2), seed=i)
+            scheduler.submit(req)
+            sinks.append(sink)
+        for i, sink in enumerate(sinks):
+            sink.wait()
+            assert 1 <= len(sink.tokens) <= 1 + i % 9
+    finally:
+        scheduler.stop()
+    assert scheduler.slots_in_use == 0
+
+
+# ---- sampling rows ---------------------------------------------------------------------------
+
+
+def rows(**fields):
+    base = SamplingRows.zeros(3)
+    base = base.replace(allowed=jnp.asarray([[0, 50]] * 3, jnp.int32))
+    return base.replace(**{k: jnp.asarray(v) for k, v in fields.items()})
+
+
+def test_greedy_sampled_and_top_k_1_rows_in_one_batch_each_follow_their_own_parameters():
+    logits = jax.random.normal(jax.random.key(0), (3, 50)) * 3
+    out = sample(logits, rows(temperature=[0.0, 1.0, 1.0], top_k=[0, 0, 1], seed=np.uint32([0, 1, 2])),
+                 jnp.zeros(3, jnp.int32))
+    best = np.asarray(jnp.argmax(logits, -1))
+    assert out.tokens[0] == best[0] and out.tokens[2] == best[2]
+    np.testing.assert_allclose(out.logprobs, jax.nn.log_softmax(logits)[jnp.arange(3), out.tokens], rtol=1e-5)
+
+
+def test_top_p_keeps_only_the_smallest_set_holding_that_mass():
+    logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05] + [1e-9] * 46] * 3))
+    seen = set()
+    for seed in range(60):
+        out = sample(logits, rows(temperature=[1.0] * 3, top_p=[0.7] * 3, seed=np.uint32([seed] * 3)),
+                     jnp.zeros(3, jnp.int32))
+        seen |= set(np.asarray(out.tokens).tolist())
+    assert seen == {0, 1}
+
+
+def test_a_row_only_produces_ids_in_its_allowed_range():
+    logits = jnp.zeros((3, 50)).at[:, 0].set(10.0)
+    allowed = jnp.asarray([[0, 50], [20, 30], [40, 41]], jnp.int32)
+    out = sample(logits, SamplingRows.zeros(3).replace(allowed=allowed, temperature=jnp.ones(3)), jnp.zeros(3, jnp.int32))
+    tokens = np.asarray(out.tokens)
+    assert tokens[0] == 0 and 20 <= tokens[1] < 30 and tokens[2] == 40
+
+
+# ---- text as it streams ----------------------------------------------------------------------
+
+
+def test_streamed_text_never_shows_a_stop_string_or_what_follows_it():
+    pieces = ["a", " sm", "all", " re", "d", " ci", "rcle"]
+    decode = lambda ids: "".join(pieces[i] for i in ids)  # noqa: E731
+    stream = TextStream(decode, stop=[" red"])
+    released = [stream.push(i) for i in range(len(pieces))]
+    assert "".join(released) == "a small"
+    assert stream.stopped and stream.finish() == ""
+
+
+def test_streamed_text_joins_to_the_whole_decode_when_no_stop_string_appears():
+    pieces = ["a", " re", "d", " ci", "rcle"]
+    decode = lambda ids: "".join(pieces[i] for i in ids)  # noqa: E731
+    stream = TextStream(decode, stop=["red circle!"])
+    released = "".join(stream.push(i) for i in range(len(pieces))) + stream.finish()
+    assert released == "a red circle" and not stream.stopped
+
+
+# ---- tensor-parallel decoding ----------------------------------------------------------------
+
+
+def test_tensor_parallel_decoding_on_8_simulated_devices_equals_one_device():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONPATH": str(TESTS.parent)}
+    run = subprocess.run([sys.executable, str(TESTS / "serving_sharded_check.py")], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    facts = json.loads(run.stdout.strip().splitlines()[-1])
+    assert facts["mesh"] == {"dcn_data": 1, "data": 2, "fsdp": 1, "tensor": 4}
+    assert facts["mlp_weight_shards"] == 4, "the MLP weights are not split over the tensor axis"
+    assert facts["sharded_tokens"] == facts["single_device_tokens"]
