@@ -18,7 +18,6 @@ Prints JSON lines:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import time
@@ -30,21 +29,13 @@ from flax import nnx
 
 from configs import get_config
 from configs.base import REMAT_POLICIES, ModelConfig, TrainConfig
+from configs.bench import SEQ, bench_config
 from model.costs import counted_params, train_flops_per_token
 from model.hardware import matmul_peak_flops
 from model.transformer import Transformer
 from training.train_step import make_optimizer, train_step
 
-VOCAB, BATCH, SEQ = 32768, 8, 512
-
-
-def bench_config(remat_policy: str = "none") -> ModelConfig:
-    tiny = get_config("tiny").model
-    codes = tiny.image_vocab_size + tiny.audio_vocab_size
-    return dataclasses.replace(
-        tiny, text_vocab_size=VOCAB - codes, d_model=512, num_layers=8, num_heads=8, num_kv_heads=1, head_dim=64,
-        mlp_dim=2048, max_seq_len=SEQ, tie_embeddings=False, compute_dtype="float32", remat_policy=remat_policy,
-    )
+BATCH = 8
 
 
 def random_batch(cfg: ModelConfig, seed: int = 0) -> dict:

@@ -96,13 +96,14 @@ class Generation:
             if choice.request is not None and not choice.request.finished:
                 self.server.scheduler.cancel(choice.request, reason)
 
-    async def next(self) -> tuple[Choice, str, bool]:
-        """The next event as (choice, new text, finished?); a stop string ends its choice here."""
+    async def next(self) -> tuple[Choice, str, bool] | None:
+        """The next event as (choice, new text, finished?), or None for a token that came after its
+        choice stopped (it was in flight when a stop string ended the choice)."""
         index, event = await self.events.get()
         choice = self.choices[index]
         if isinstance(event, Token):
             if choice.finish_reason is not None or choice.stream.stopped:
-                return choice, "", False  # a token already in flight when the choice stopped
+                return None
             choice.tokens.append(event)
             text = choice.stream.push(event.id) if choice.prompt.kind == "text" else ""
             if choice.stream.stopped:
@@ -269,7 +270,7 @@ async def _respond(server, request: Request, body, prompts: list[Prompt], chat: 
                     return Response(status_code=499)  # nobody is listening; the slot is freed below
                 raise ApiError(504, f"the request took over serve.request_timeout_s="
                                f"{server.cfg.serve.request_timeout_s} s", code="timeout", kind="server_error")
-            finished += get.result()[2]
+            finished += get.result() is not None and get.result()[2]
     finally:
         disconnect.cancel()
         generation.cancel()
@@ -298,7 +299,7 @@ async def _stream(server, generation: Generation, body, chat: bool, deadline: fl
         finished = 0
         while finished < len(generation.choices):
             try:
-                choice, text, done = await asyncio.wait_for(generation.next(), max(deadline - time.monotonic(), 0))
+                event = await asyncio.wait_for(generation.next(), max(deadline - time.monotonic(), 0))
             except asyncio.TimeoutError:
                 error = {"message": f"the request took over serve.request_timeout_s={server.cfg.serve.request_timeout_s} s",
                          "type": "server_error", "param": None, "code": "timeout"}
@@ -307,9 +308,13 @@ async def _stream(server, generation: Generation, body, chat: bool, deadline: fl
             except ApiError as error:
                 yield f"data: {json.dumps({'error': {'message': error.message, 'type': error.kind, 'param': None, 'code': error.code}})}\n\n"
                 return
-            token = choice.tokens[-1] if choice.tokens and not done else None
-            if text or done or (body.logprobs and token is not None):
-                yield chunk([_delta(server, choice, text, token if text or not done else None, done, body, chat)])
+            if event is None:
+                continue
+            choice, text, done = event
+            # A chunk per token (its text may be empty: a piece can wait for the next to decode), so a
+            # client sees every token arrive; then one with the finish_reason.
+            token = None if done else choice.tokens[-1]
+            yield chunk([_delta(server, choice, text, token, done, body, chat)])
             finished += done
         if body.stream_options is not None and body.stream_options.include_usage:
             yield chunk([], usage=generation.usage())
@@ -321,7 +326,7 @@ async def _stream(server, generation: Generation, body, chat: bool, deadline: fl
 def _delta(server, choice: Choice, text: str, token: Token | None, done: bool, body, chat: bool) -> dict:
     finish = choice.finish_reason if done else None
     logprobs = None
-    if body.logprobs and token is not None:
+    if body.logprobs not in (None, False) and token is not None:  # completions' logprobs=0 still asks
         logprobs = _chat_logprobs(server, [token], body) if chat else _completion_logprobs(server, [token], body)
     if chat:
         delta = {"content": text} if text else {}

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints JSON lines with the machine's own peak measured in the same run."""

@@ -1,0 +1,154 @@
+"""The decoding engine alone at the bench shape (63.4M parameters, fp32, CPU): prefill and decode tokens/s.
+
+    python bench/decode.py [--batches 1 8 32] [--prompt 128] [--new 128] [--vs-hf] [--naive]
+
+For each batch B: B prompts of `--prompt` random tokens are prefilled and inserted into B slots
+(serving/engine.py), then the slots decode `--new` tokens each (the first comes from the
+prefill), reading each step's tokens back one step behind as the scheduler does. Greedy: with
+every row sampled instead the step costs the same (sampling is in the jitted step either way).
+Prints JSON lines:
+  - the roofline, measured in this run: the matmul peak, and the time to read an array the size
+    of the weights once (model/hardware.py), which bounds a batch-1 step from below;
+  - per batch: prefill tokens/s, decode tokens/s, the decode step's median seconds and its ratio
+    to the weight-read time, and end-to-end tokens/s (prefill + decode, as HF's generate() counts);
+  - `--naive`: the straightforward loop (jit(forward) per token, cache not donated, logits brought
+    to the host and argmax'ed there), to show what the engine's levers are worth;
+  - `--vs-hf` (the `bench` extra): HF transformers' generate() on the same shape in PyTorch, greedy,
+    end-to-end, and the engine / HF ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from configs.base import MeshConfig
+from configs.bench import bench_config
+from model.attention import KVCache
+from model.costs import counted_params
+from model.hardware import matmul_peak_flops, read_seconds
+from model.sharding import make_mesh
+from model.transformer import Transformer, forward
+from serving.engine import Engine, SamplingParams
+
+EOS = -1  # no stop id: every row decodes its full budget
+
+
+def engine_run(engine: Engine, prompts: np.ndarray, new: int) -> dict:
+    """Prefill + insert every prompt, then decode to `new` tokens each; seconds of each phase."""
+    batch = len(prompts)
+    params = SamplingParams(max_tokens=new)
+    start = time.perf_counter()
+    for slot, prompt in enumerate(prompts):
+        engine.insert(engine.prefill(prompt, params), slot)
+    jax.block_until_ready(engine.decode_state.tokens)
+    prefill_s = time.perf_counter() - start
+    live = np.ones(batch, bool)
+    step_times, previous = [], None
+    start = last = time.perf_counter()
+    for _ in range(new - 1):
+        out = engine.step(live)
+        if previous is not None:
+            jax.device_get(previous)  # the tokens a server would send: one step behind
+            now = time.perf_counter()
+            step_times.append(now - last)
+            last = now
+        previous = out
+    jax.device_get(previous)
+    decode_s = time.perf_counter() - start
+    return {"prefill_s": prefill_s, "decode_s": decode_s, "step_s": statistics.median(step_times)}
+
+
+def naive_run(cfg, graphdef, state, prompts: np.ndarray, new: int) -> dict:
+    """The straightforward loop: no donation, logits to the host every token, argmax there."""
+    batch, length = prompts.shape
+    step = jax.jit(forward, static_argnums=0)
+    cache = KVCache.init(cfg, batch, length + new)
+    ones = jnp.ones((batch, length), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+    start = time.perf_counter()
+    logits, cache = step(graphdef, state, jnp.asarray(prompts), positions, ones, cache)
+    token = np.argmax(np.asarray(logits[:, -1]), -1)
+    prefill_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for i in range(new - 1):
+        logits, cache = step(graphdef, state, jnp.asarray(token[:, None]), jnp.full((batch, 1), length + i),
+                             ones[:, :1], cache)
+        token = np.argmax(np.asarray(logits[:, -1]), -1)
+    return {"prefill_s": prefill_s, "decode_s": time.perf_counter() - start}
+
+
+def hf_run(cfg, prompts: np.ndarray, new: int) -> float:
+    """Seconds for HF generate() (greedy, exactly `new` tokens, KV cache), end to end."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim, max_position_embeddings=prompts.shape[1] + new, rms_norm_eps=cfg.norm_eps,
+        rope_theta=cfg.rope_base, tie_word_embeddings=cfg.tie_embeddings,
+    )).float().eval()
+    inputs = torch.from_numpy(prompts).long()
+    with torch.no_grad():
+        model.generate(inputs[:, :8], max_new_tokens=4, min_new_tokens=4, do_sample=False)  # warm up
+        start = time.perf_counter()
+        model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=new, min_new_tokens=new,
+                       do_sample=False, pad_token_id=0)
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--new", type=int, default=128)
+    parser.add_argument("--vs-hf", action="store_true", help="also time HF generate() in PyTorch (`bench` extra)")
+    parser.add_argument("--naive", action="store_true", help="also time the straightforward jitted loop")
+    args = parser.parse_args()
+
+    cfg = bench_config()
+    params = counted_params(cfg)
+    weight_bytes = params * 4
+    mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+    graphdef, state = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
+    roofline = {"bench": "roofline", "params": params, "weight_bytes": weight_bytes,
+                "weight_read_s": round(read_seconds(weight_bytes), 5), "matmul_peak_flops": round(matmul_peak_flops()),
+                "backend": jax.default_backend(), "jax": jax.__version__}
+    print(json.dumps(roofline), flush=True)
+    rng = np.random.default_rng(0)
+    for batch in args.batches:
+        prompts = rng.integers(10, cfg.vocab_size, (batch, args.prompt)).astype(np.int32)
+        engine = Engine(cfg, graphdef, state, mesh, slots=batch, cache_len=args.prompt + args.new, eos_id=EOS,
+                        real_vocab=cfg.vocab_size)
+        engine.warm_up()
+        engine_run(engine, prompts, 8)  # the first runs touch fresh buffers
+        run = engine_run(engine, prompts, args.new)
+        decode_tokens = batch * (args.new - 1)
+        result = {"bench": "decode", "batch": batch, "prompt": args.prompt, "new_tokens": args.new,
+                  "prefill_tokens_per_s": round(batch * args.prompt / run["prefill_s"], 1),
+                  "decode_tokens_per_s": round(decode_tokens / run["decode_s"], 1),
+                  "step_s": round(run["step_s"], 5),
+                  "step_over_weight_read": round(run["step_s"] / roofline["weight_read_s"], 2),
+                  "end_to_end_tokens_per_s": round(batch * args.new / (run["prefill_s"] + run["decode_s"]), 1)}
+        if args.naive:
+            naive_run(cfg, graphdef, state, prompts, 4)
+            naive = naive_run(cfg, graphdef, state, prompts, args.new)
+            result["naive_decode_tokens_per_s"] = round(decode_tokens / naive["decode_s"], 1)
+        if args.vs_hf:
+            hf_s = hf_run(cfg, prompts, args.new)
+            result["hf_end_to_end_tokens_per_s"] = round(batch * args.new / hf_s, 1)
+            result["engine_over_hf"] = round(result["end_to_end_tokens_per_s"] / result["hf_end_to_end_tokens_per_s"], 2)
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
