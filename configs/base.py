@@ -7,6 +7,7 @@ Every field can be overridden from the command line (see configs/cli.py).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal, get_args
 
 from configs.tokenizers import TokenizersConfig
@@ -49,6 +50,10 @@ class ModelConfig:
     compute_dtype: DType = "bfloat16"
     remat_policy: RematPolicy = "dots_saveable"
     attention_backend: AttentionBackend = "xla"
+    # The image and audio tokenizers' FSQ levels, or () for plain rows: given, each code's embedding
+    # is its own row plus a learned row per FSQ digit (model/layers.py, Embedding).
+    image_code_levels: tuple[int, ...] = ()
+    audio_code_levels: tuple[int, ...] = ()
 
     def __post_init__(self):
         _check_positive("model", self, ("text_vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
@@ -63,6 +68,11 @@ class ModelConfig:
             _fail("model.attention_backend", f"unknown backend {self.attention_backend!r}; choose from {ATTENTION_BACKENDS}")
         if self.remat_policy not in REMAT_POLICIES:
             _fail("model.remat_policy", f"unknown policy {self.remat_policy!r}; choose from {REMAT_POLICIES}")
+        for kind in ("image", "audio"):
+            levels, size = getattr(self, f"{kind}_code_levels"), getattr(self, f"{kind}_vocab_size")
+            if levels and math.prod(levels) != size:
+                _fail(f"model.{kind}_code_levels", f"{tuple(levels)} make {math.prod(levels)} codes, not "
+                      f"model.{kind}_vocab_size={size}")
         for name in ("param_dtype", "compute_dtype"):
             if getattr(self, name) not in DTYPES:
                 _fail(f"model.{name}", f"unknown dtype {getattr(self, name)!r}; choose from {DTYPES}")
@@ -187,6 +197,10 @@ class Config:
                   f"data.global_batch_size={self.data.global_batch_size}")
         for kind in ("image", "audio"):
             codes = getattr(self.tokenizers, kind).codebook_size
+            levels = tuple(getattr(self.model, f"{kind}_code_levels"))
+            if levels and levels != tuple(getattr(self.tokenizers, kind).levels):
+                _fail(f"model.{kind}_code_levels", f"{levels} differ from tokenizers.{kind}.levels="
+                      f"{getattr(self.tokenizers, kind).levels}")
             if getattr(self.model, f"{kind}_vocab_size") != codes:
                 _fail(f"model.{kind}_vocab_size", f"{getattr(self.model, f'{kind}_vocab_size')} differs from the "
                       f"{codes} codes of tokenizers.{kind}.levels={getattr(self.tokenizers, kind).levels}")

@@ -8,8 +8,11 @@ def config() -> Config:
         name="tiny",
         model=ModelConfig(
             text_vocab_size=1024,
-            image_vocab_size=1000,  # FSQ levels [8, 5, 5, 5]
-            audio_vocab_size=1000,  # FSQ levels [8, 5, 5, 5]
+            image_vocab_size=1000,
+            audio_vocab_size=1000,
+            # Factorised code embeddings (model/layers.py, Embedding): the tokenizers' FSQ levels.
+            image_code_levels=(8, 5, 5, 5),
+            audio_code_levels=(8, 5, 5, 5),
             d_model=256,
             num_layers=4,
             num_heads=4,

@@ -29,7 +29,6 @@ class KVCache:
     k: jax.Array
     v: jax.Array
     segment_ids: jax.Array
-    run_start: jax.Array  # [batch] int32: position of the last token that is not an image code (-1: none)
 
     @classmethod
     def init(cls, cfg: ModelConfig, batch: int, length: int, dtype=None) -> "KVCache":
@@ -39,7 +38,6 @@ class KVCache:
             k=jnp.zeros(shape, dtype),
             v=jnp.zeros(shape, dtype),
             segment_ids=jnp.zeros((batch, length), jnp.int32),
-            run_start=jnp.full((batch,), -1, jnp.int32),
         )
 
     @property

@@ -29,10 +29,11 @@ def layer_matmul_params(cfg: ModelConfig) -> int:
 
 
 def analytic_params(cfg: ModelConfig) -> int:
-    """V*d (x2 if untied) + L * (attention + gated MLP + 2 norms [+ QK-norms]) + final norm."""
+    """V*d (x2 if untied) + a d-row per FSQ digit value + L * (attention + gated MLP + 2 norms [+ QK-norms]) + final norm."""
     d = cfg.d_model
     per_layer = layer_matmul_params(cfg) + 2 * d + (2 * cfg.head_dim if cfg.qk_norm else 0)
-    embeddings = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
+    digit_rows = sum(cfg.image_code_levels) + sum(cfg.audio_code_levels)
+    embeddings = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2) + digit_rows * d
     return embeddings + cfg.num_layers * per_layer + d
 
 

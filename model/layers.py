@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -83,34 +84,42 @@ class Embedding(nnx.Module):
     Rows start at norm ~1 (std 1/sqrt(d)): small beside what the blocks add to the residual
     stream, so a tied model does not begin by predicting its own input token, and its logits
     start at unit scale.
+
+    `code_ranges` ((first id, FSQ levels), one per tokenizer) factorises the codes' rows: a code
+    is a tuple of FSQ digits, and its row is its own plus one learned row per digit, so codes the
+    tokenizer quantised alike (sharing digits) share part of their embedding from the first step,
+    in the input and, tied, in the output. On the tiny world this took drawing accuracy at step
+    1,000 from 55% to 81% and transcription from 82% to 97% (README, "Measured").
     """
 
-    def __init__(self, vocab_size: int, d_model: int, param_dtype, rngs: nnx.Rngs, code_ranges=()):
+    def __init__(self, vocab_size: int, d_model: int, param_dtype, rngs: nnx.Rngs,
+                 code_ranges: tuple[tuple[int, tuple[int, ...]], ...] = ()):
         self.table_vd = param(rngs, (vocab_size, d_model), ("vocab", "embed"), d_model**-0.5, param_dtype)
-        self.code_ranges = tuple(code_ranges)
-        self.vocab_size = vocab_size
-        if code_ranges:
-            n = sum(sum(levels) for _, levels in code_ranges)
-            self.digit_table_ld = param(rngs, (n, d_model), (None, "embed"), d_model**-0.5, param_dtype)
-
-    def digits(self):
-        import numpy as np
-        n = sum(sum(levels) for _, levels in self.code_ranges)
-        out = np.zeros((self.vocab_size, n), np.float32)
-        col = 0
-        for start, levels in self.code_ranges:
-            codes = np.arange(int(np.prod(levels)))
-            basis = np.cumprod([1] + list(levels[:-1]))
-            for i, l in enumerate(levels):
-                out[start + codes, col + (codes // basis[i]) % l] = 1
-                col += l
-        return out
-
-    def table(self):
-        table_vd = self.table_vd[...]
+        self.code_ranges = tuple((int(first), tuple(int(l) for l in levels)) for first, levels in code_ranges)
         if self.code_ranges:
-            table_vd = table_vd + jnp.asarray(self.digits(), table_vd.dtype) @ self.digit_table_ld[...]
-        return table_vd
+            digits = sum(sum(levels) for _, levels in self.code_ranges)
+            self.digits_ld = param(rngs, (digits, d_model), (None, "embed"), d_model**-0.5, param_dtype)
+
+    def table(self) -> jax.Array:
+        """The rows every id reads: with code ranges, each code's row plus its digits' rows."""
+        table_vd = self.table_vd[...]
+        if not self.code_ranges:
+            return table_vd
+        digits_ld = self.digits_ld[...]
+        parts, cursor, first_digit_row = [], 0, 0
+        for first, levels in self.code_ranges:
+            size = math.prod(levels)
+            codes_c = jnp.arange(size)
+            rows_cd = table_vd[first : first + size]
+            place = 1  # digit i of a code is (code // prod(levels[:i])) % levels[i]: first level least significant
+            for level in levels:
+                rows_cd = rows_cd + jnp.take(digits_ld, first_digit_row + (codes_c // place) % level, axis=0)
+                place *= level
+                first_digit_row += level
+            parts += [table_vd[cursor:first], rows_cd]
+            cursor = first + size
+        parts.append(table_vd[cursor:])
+        return jnp.concatenate(parts, axis=0)
 
     def encode(self, tokens_bt: jax.Array, dtype) -> jax.Array:
         # Gather the FSDP-split model dimension first (as every FSDP weight is, per use), so the

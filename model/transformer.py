@@ -46,11 +46,10 @@ class Block(nnx.Module):
 class Transformer(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        import os
-        ranges = ()
-        if os.environ.get("FACTOR"):
-            ranges = ((cfg.text_vocab_size, (8, 5, 5, 5)), (cfg.text_vocab_size + cfg.image_vocab_size, (8, 5, 5, 5)))
-        self.embedding = Embedding(cfg.vocab_size, cfg.d_model, cfg.param_dtype, rngs, ranges)
+        code_ranges = tuple((first, levels) for first, levels in (
+            (cfg.text_vocab_size, cfg.image_code_levels), (cfg.text_vocab_size + cfg.image_vocab_size, cfg.audio_code_levels),
+        ) if levels)
+        self.embedding = Embedding(cfg.vocab_size, cfg.d_model, cfg.param_dtype, rngs, code_ranges)
 
         @nnx.split_rngs(splits=cfg.num_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
@@ -58,11 +57,6 @@ class Transformer(nnx.Module):
             return Block(cfg, rngs)
 
         self.blocks = make_blocks(rngs)
-        import os
-        self.grid = int(os.environ.get("POS2D", "0"))
-        if self.grid:
-            self.patch_row_gd = param(rngs, (self.grid, cfg.d_model), (None, "embed"), cfg.d_model**-0.5, cfg.param_dtype)
-            self.patch_col_gd = param(rngs, (self.grid, cfg.d_model), (None, "embed"), cfg.d_model**-0.5, cfg.param_dtype)
         self.final_norm = RMSNorm(cfg.d_model, "embed", cfg.norm_eps, cfg.param_dtype)
         if not cfg.tie_embeddings:
             self.unembed_dv = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.d_model**-0.5, cfg.param_dtype)
@@ -85,23 +79,7 @@ class Transformer(nnx.Module):
             positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1], dtype=jnp.int32), tokens_bt.shape)
         if segment_ids_bt is None:
             segment_ids_bt = jnp.ones(tokens_bt.shape, jnp.int32)
-        x_btd = self.embedding.encode(tokens_bt, cfg.compute_dtype)
-        run_start_b = None
-        if self.grid:
-            is_code_bt = (tokens_bt >= cfg.text_vocab_size) & (tokens_bt < cfg.text_vocab_size + cfg.image_vocab_size)
-            index_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
-            last_bt = jax.lax.cummax(jnp.where(~is_code_bt & (segment_ids_bt != 0), index_bt, -1), axis=1)
-            previous_b = cache.run_start if cache is not None else jnp.full(tokens_bt.shape[:1], -1, jnp.int32)
-            start_bt = jnp.where(last_bt >= 0, jnp.take_along_axis(positions_bt, jnp.maximum(last_bt, 0), axis=1),
-                                 previous_b[:, None])
-            run_start_b = start_bt[:, -1]
-            patch_bt = positions_bt - start_bt - 1
-            valid_bt = is_code_bt & (start_bt >= 0) & (patch_bt < self.grid * self.grid)
-            patch_bt = jnp.clip(patch_bt, 0, self.grid * self.grid - 1)
-            extra_btd = (jnp.take(self.patch_row_gd[...], patch_bt // self.grid, axis=0)
-                         + jnp.take(self.patch_col_gd[...], patch_bt % self.grid, axis=0))
-            x_btd = x_btd + jnp.where(valid_bt[..., None], extra_btd, 0).astype(x_btd.dtype)
-        x_btd = constrain(x_btd, ("batch", "length", None))
+        x_btd = constrain(self.embedding.encode(tokens_bt, cfg.compute_dtype), ("batch", "length", None))
 
         cache_segment_ids_bs, layer_caches = None, None
         if cache is not None:
@@ -130,8 +108,7 @@ class Transformer(nnx.Module):
         logits_btv = constrain(logits_btv, ("batch", "length", "vocab"))
 
         if cache is not None:
-            cache = KVCache(k=layer_caches[0], v=layer_caches[1], segment_ids=cache_segment_ids_bs,
-                            run_start=cache.run_start if run_start_b is None else run_start_b)
+            cache = KVCache(k=layer_caches[0], v=layer_caches[1], segment_ids=cache_segment_ids_bs)
         return logits_btv, cache
 
 

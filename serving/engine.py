@@ -55,7 +55,6 @@ class Prefix:
     k: jax.Array  # [layers, 1, bucket, kv_heads, head_dim]
     v: jax.Array
     length: jax.Array  # i32 []
-    run_start: jax.Array  # i32 [1]: the cache's record of where the prompt's last image run began
     first: Sampled  # rows of 1
     rows: SamplingRows  # rows of 1
     remaining: jax.Array  # i32 []: tokens still to produce after the first
@@ -110,7 +109,7 @@ class Engine:
         cache = KVCache.init(self.cfg, 1, bucket)
         logits_1tv, cache = forward(graphdef, state, tokens_1t, positions_1t, segments_1t, cache)
         first = sample(logits_1tv[:, length - 1], rows, jnp.reshape(length, (1,)))
-        return Prefix(k=cache.k, v=cache.v, length=length, run_start=cache.run_start, first=first, rows=rows, remaining=remaining,
+        return Prefix(k=cache.k, v=cache.v, length=length, first=first, rows=rows, remaining=remaining,
                       stop_ids=stop_ids_s)
 
     def _insert_fn(self, decode: DecodeState, prefix: Prefix, slot):
@@ -125,7 +124,7 @@ class Engine:
                         prefix.stop_ids[None], self.cache_len)[0]
         rows = jax.tree.map(lambda all_rows, row: all_rows.at[slot].set(row[0]), decode.rows, prefix.rows)
         return DecodeState(
-            cache=KVCache(k=k, v=v, segment_ids=segment_ids, run_start=cache.run_start.at[slot].set(prefix.run_start[0])),
+            cache=KVCache(k=k, v=v, segment_ids=segment_ids),
             tokens=decode.tokens.at[slot].set(first_token),
             positions=decode.positions.at[slot].set(prefix.length),
             remaining=decode.remaining.at[slot].set(prefix.remaining),

@@ -12,12 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from serving.engine import SamplingParams, buckets
+from serving.engine import buckets
 from serving.sampling import SamplingRows, sample
 from serving.scheduler import Scheduler
 from serving.text_stream import TextStream
 from tests.helpers import jit_forward
-from tests.serving_helpers import EOS, SERVE_CFG, make_engine, prompt_of, request, served_model
+from tests.serving_helpers import EOS, make_engine, prompt_of, request, served_model
 
 TESTS = Path(__file__).parent
 

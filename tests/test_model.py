@@ -144,3 +144,27 @@ def test_every_parameter_carries_logical_names_the_rules_table_knows():
         names = variable.get_metadata().get("out_sharding")
         assert names is not None and len(names) == variable.get_value().ndim, path
         assert set(names) <= known, (path, names)
+
+
+def test_a_code_row_is_its_own_row_plus_one_row_per_fsq_digit():
+    from model.layers import Embedding
+    from model.quantizers import FSQ
+
+    levels = (8, 5, 5, 5)
+    embedding = Embedding(3072, 16, jnp.float32, nnx.Rngs(0), ((1024, levels), (2024, levels)))
+    table, own, digit_rows = (np.asarray(a) for a in (embedding.table(), embedding.table_vd[...],
+                                                       embedding.digits_ld[...]))
+    half = np.array([level // 2 for level in levels])
+    first_row_of_level = np.cumsum([0, *levels[:-1]])
+    for first, first_digit_row in ((1024, 0), (2024, sum(levels))):
+        for code in (0, 7, 523, 999):
+            digits = np.round(np.asarray(FSQ(levels).indices_to_codes(code)) * half + half).astype(int)
+            expected = own[first + code] + digit_rows[first_digit_row + first_row_of_level + digits].sum(0)
+            np.testing.assert_allclose(table[first + code], expected, atol=1e-5)
+    np.testing.assert_array_equal(table[:1024], own[:1024])  # text ids and the unused tail keep their own rows
+    np.testing.assert_array_equal(table[3024:], own[3024:])
+
+
+def test_code_levels_that_do_not_make_the_code_count_are_refused():
+    with pytest.raises(ValueError, match="model.image_code_levels"):
+        small_model_config(image_vocab_size=30, image_code_levels=(8, 5))
