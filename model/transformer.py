@@ -90,14 +90,27 @@ class Transformer(nnx.Module):
 
         blocks_graph, blocks_state = nnx.split(self.blocks)
 
-        def layer(x_btd, per_layer):
-            block_state, layer_cache = per_layer
+        def layer(x_btd, block_state, layer_cache):
             block = nnx.merge(blocks_graph, block_state)
             return block(x_btd, positions_bt, segment_ids_bt, layer_cache, cache_segment_ids_bs)
 
         if cfg.remat_policy != "none":
             layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
-        x_btd, layer_caches = jax.lax.scan(layer, x_btd, (blocks_state, layer_caches))
+        if cache is None:
+            x_btd, _ = jax.lax.scan(lambda x, block_state: layer(x, block_state, None), x_btd, blocks_state)
+        else:
+            # The whole cache rides in the carry and each layer writes its slice back in place: as the
+            # scan's per-layer output instead, XLA copied all of it every step (measured: the decode
+            # step at batch 32 took 34 ms, 21 ms of it the forward).
+            def layer_with_cache(carry, block_state):
+                x_btd, k_all, v_all, index = carry
+                x_btd, (k, v) = layer(x_btd, block_state, (k_all[index], v_all[index]))
+                k_all = jax.lax.dynamic_update_index_in_dim(k_all, k, index, 0)
+                v_all = jax.lax.dynamic_update_index_in_dim(v_all, v, index, 0)
+                return (x_btd, k_all, v_all, index + 1), None
+
+            (x_btd, k_all, v_all, _), _ = jax.lax.scan(layer_with_cache, (x_btd, cache.k, cache.v, 0), blocks_state)
+            layer_caches = (k_all, v_all)
 
         x_btd = self.final_norm(x_btd)
         if cfg.tie_embeddings:
