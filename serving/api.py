@@ -46,6 +46,44 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.code, self.kind, self.headers = status, message, param, code, kind, headers
 
 
+class BodyLimit:
+    """ASGI middleware: read a request's body up to `max_bytes` before the app sees it, or answer 413.
+
+    Counting what arrives (not trusting Content-Length) also bounds chunked uploads. The body is
+    replayed to the app; later receives pass through, so disconnects are still seen.
+    """
+
+    def __init__(self, app, max_bytes: int, metrics):
+        self.app, self.max_bytes, self.metrics = app, max_bytes, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                self.metrics.requests.labels(scope["path"], "413").inc()
+                response = error_response(413, f"request body is over the {self.max_bytes} byte limit "
+                                          "(serve.max_body_bytes)", code="body_too_large")
+                return await response(scope, receive, send)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
 def error_response(status: int, message: str, param=None, code=None, kind="invalid_request_error", headers=None):
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -153,14 +191,11 @@ def make_app(server) -> FastAPI:
                                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
                 metrics.requests.labels(route, "401").inc()
                 return response
-        size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > server.max_body_bytes):
-            metrics.requests.labels(route, "413").inc()
-            return error_response(413, f"request body of {size} bytes is over the {server.max_body_bytes} byte "
-                                  "limit (serve.max_body_bytes)", code="body_too_large")
         response = await call_next(request)
         metrics.requests.labels(route, str(response.status_code)).inc()
         return response
+
+    app.add_middleware(BodyLimit, max_bytes=server.max_body_bytes, metrics=metrics)  # outermost: added last
 
     @app.exception_handler(ApiError)
     async def api_error(_, error: ApiError):

@@ -149,8 +149,8 @@ class Scheduler:
                 prefix = self.engine.prefill(request.prompt, request.params)
                 self.engine.insert(prefix, free[0])
                 first = jax.device_get(prefix.first)
-            except ValueError as error:  # the API checks limits first; this is the engine's own word
-                self._finish(request, Finished("error", str(error)))
+            except Exception as error:  # the API checks limits first; whatever remains fails this request only
+                self._finish(request, Finished("error", f"{type(error).__name__}: {error}"))
                 continue
             self.slots[free[0]] = request
             token = int(first.tokens[0])

@@ -328,10 +328,16 @@ def test_bad_input_gets_a_4xx_openai_error_and_the_server_stays_healthy(live, ca
     assert live.post(COMPLETE, {"prompt": "a", "max_tokens": 2})[0] == 200
 
 
-def test_an_oversized_body_is_refused_with_413(live):
-    huge = {"prompt": "a" * (SERVE_CFG.serve.max_body_bytes + 10)}
+def test_an_oversized_body_is_refused_with_413_even_when_sent_in_chunks(live):
+    huge = json.dumps({"prompt": "a" * (SERVE_CFG.serve.max_body_bytes + 10)}).encode()
     status, _, reply = live.post(COMPLETE, huge)
     assert status == 413 and "serve.max_body_bytes" in reply["error"]["message"]
+    conn = http.client.HTTPConnection("127.0.0.1", live.port, timeout=60)
+    pieces = (huge[i: i + 2**20] for i in range(0, len(huge), 2**20))  # no Content-Length: chunked
+    conn.request("POST", COMPLETE, body=pieces, headers={"Content-Type": "application/json"}, encode_chunked=True)
+    response = conn.getresponse()
+    assert response.status == 413 and b"serve.max_body_bytes" in response.read()
+    conn.close()
     live.healthy()
 
 
@@ -356,8 +362,10 @@ def test_the_api_key_guards_every_route_but_health(live):
         live.server.api_key = None
 
 
-def test_a_request_over_its_time_limit_gets_504_and_frees_its_slot(live):
-    live.server.cfg = replace_serve(SERVE_CFG, request_timeout_s=0.05)
+def test_a_request_over_its_time_limit_gets_504_and_frees_its_slot(live, monkeypatch):
+    step = live.server.engine.step
+    monkeypatch.setattr(live.server.engine, "step", lambda live_slots: (time.sleep(0.01), step(live_slots))[1])
+    live.server.cfg = replace_serve(SERVE_CFG, request_timeout_s=0.2)  # 100 tokens take over 1 s
     try:
         status, _, reply = live.post(COMPLETE, {"prompt": "a", "max_tokens": 100, "temperature": 0})
     finally:

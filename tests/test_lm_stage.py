@@ -68,3 +68,27 @@ def test_sigterm_saves_and_a_rerun_resumes_to_the_uninterrupted_result(tmp_path,
     assert {k: v for k, v in resumed.items() if k.endswith("_accuracy")} == \
         {k: v for k, v in straight.items() if k.endswith("_accuracy")}
     assert lines[-1]["loss"] < lines[0]["loss"]  # a tiny run learns
+
+
+def test_serving_restores_the_trained_parameters_and_refuses_a_different_model(tmp_path, vocab):
+    import jax
+    import numpy as np
+    import orbax.checkpoint as ocp
+    import pytest
+
+    from model.sharding import make_mesh
+    from training.lm_stage import restore_params
+
+    cfg = dataclasses.replace(small_config(), train=dataclasses.replace(small_config().train, steps=2, eval_every=100))
+    splits = build_world(str(tmp_path / "world"), seed=2, train=20, validation=6, compositional=3).as_data_source()
+    train_lm(cfg, tmp_path / "run", vocab, splits, log=lambda message: None)
+
+    _, params, step = restore_params(cfg, tmp_path / "run", make_mesh(cfg.mesh))
+    saved = ocp.StandardCheckpointer().restore(tmp_path / "run" / "checkpoints" / "2" / "state")["params"]
+    assert step == 2
+    for restored, trained in zip(jax.tree.leaves(params), jax.tree.leaves(saved), strict=True):
+        np.testing.assert_array_equal(np.asarray(restored), np.asarray(trained))
+
+    other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_layers=3))
+    with pytest.raises(ValueError, match="model.num_layers: checkpoint 2, config 3"):
+        restore_params(other, tmp_path / "run", make_mesh(cfg.mesh))
