@@ -4,7 +4,7 @@
 
 For each batch B: B prompts of `--prompt` random tokens are prefilled and inserted into B slots
 (serving/engine.py), then the slots decode `--new` tokens each (the first comes from the
-prefill), reading each step's tokens back one step behind as the scheduler does. Greedy: with
+prefill; the median of three runs), reading each step's tokens back one step behind as the scheduler does. Greedy: with
 every row sampled instead the step costs the same (sampling is in the jitted step either way).
 Prints JSON lines:
   - the roofline, measured in this run: the matmul peak, and the time to read an array the size
@@ -64,6 +64,13 @@ def engine_run(engine: Engine, prompts: np.ndarray, new: int) -> dict:
     jax.device_get(previous)
     decode_s = time.perf_counter() - start
     return {"prefill_s": prefill_s, "decode_s": decode_s, "step_s": statistics.median(step_times)}
+
+
+def engine_runs(engine: Engine, prompts: np.ndarray, new: int, repeats: int = 3) -> dict:
+    """The median of `repeats` runs, phase by phase (one run is a few seconds: noise on a shared machine)."""
+    engine_run(engine, prompts, 8)  # the first runs touch fresh buffers
+    runs = [engine_run(engine, prompts, new) for _ in range(repeats)]
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
 def naive_run(cfg, graphdef, state, prompts: np.ndarray, new: int) -> dict:
@@ -130,8 +137,7 @@ def main() -> None:
         engine = Engine(cfg, graphdef, state, mesh, slots=batch, cache_len=args.prompt + args.new, eos_id=EOS,
                         real_vocab=cfg.vocab_size)
         engine.warm_up()
-        engine_run(engine, prompts, 8)  # the first runs touch fresh buffers
-        run = engine_run(engine, prompts, args.new)
+        run = engine_runs(engine, prompts, args.new)
         decode_tokens = batch * (args.new - 1)
         result = {"bench": "decode", "batch": batch, "prompt": args.prompt, "new_tokens": args.new,
                   "prefill_tokens_per_s": round(batch * args.prompt / run["prefill_s"], 1),

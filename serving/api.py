@@ -46,19 +46,36 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.code, self.kind, self.headers = status, message, param, code, kind, headers
 
 
-class BodyLimit:
-    """ASGI middleware: read a request's body up to `max_bytes` before the app sees it, or answer 413.
+class Guard:
+    """Pure ASGI middleware in front of every route: the API key, the body limit, the request count.
 
-    Counting what arrives (not trusting Content-Length) also bounds chunked uploads. The body is
-    replayed to the app; later receives pass through, so disconnects are still seen.
+    The key: with `server.api_key` set, every route but /health wants `Authorization: Bearer KEY`.
+    The body is read up to `serve.max_body_bytes` before the app sees it, counting what arrives
+    (not trusting Content-Length), so chunked uploads are bounded too, then replayed to the app;
+    later receives pass through, so disconnects are still seen. Pure ASGI rather than Starlette's
+    BaseHTTPMiddleware, which relays every streamed chunk through an extra task.
     """
 
-    def __init__(self, app, max_bytes: int, metrics):
-        self.app, self.max_bytes, self.metrics = app, max_bytes, metrics
+    def __init__(self, app, server):
+        self.app, self.server = app, server
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        route, metrics = scope["path"], self.server.metrics
+
+        async def counted_send(message):
+            if message["type"] == "http.response.start":
+                metrics.requests.labels(route, str(message["status"])).inc()
+            await send(message)
+
+        key = self.server.api_key
+        if route != "/health" and key is not None:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, f"Bearer {key}".encode()):
+                response = error_response(401, "missing or wrong API key: send `Authorization: Bearer <key>`",
+                                          code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+                return await response(scope, receive, counted_send)
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -66,11 +83,10 @@ class BodyLimit:
                 return
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
-            if size > self.max_bytes:
-                self.metrics.requests.labels(scope["path"], "413").inc()
-                response = error_response(413, f"request body is over the {self.max_bytes} byte limit "
+            if size > self.server.max_body_bytes:
+                response = error_response(413, f"request body is over the {self.server.max_body_bytes} byte limit "
                                           "(serve.max_body_bytes)", code="body_too_large")
-                return await response(scope, receive, send)
+                return await response(scope, receive, counted_send)
             more = message.get("more_body", False)
         replayed = False
 
@@ -81,7 +97,7 @@ class BodyLimit:
             replayed = True
             return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-        await self.app(scope, replay, send)
+        await self.app(scope, replay, counted_send)
 
 
 def error_response(status: int, message: str, param=None, code=None, kind="invalid_request_error", headers=None):
@@ -180,22 +196,7 @@ def make_app(server) -> FastAPI:
 
     app = FastAPI(title="gemini-jax", docs_url=None, redoc_url=None, lifespan=lifespan)
     metrics = server.metrics
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        route = request.url.path
-        if route != "/health" and server.api_key is not None:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {server.api_key}".encode()):
-                response = error_response(401, "missing or wrong API key: send `Authorization: Bearer <key>`",
-                                          code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-                metrics.requests.labels(route, "401").inc()
-                return response
-        response = await call_next(request)
-        metrics.requests.labels(route, str(response.status_code)).inc()
-        return response
-
-    app.add_middleware(BodyLimit, max_bytes=server.max_body_bytes, metrics=metrics)  # outermost: added last
+    app.add_middleware(Guard, server=server)
 
     @app.exception_handler(ApiError)
     async def api_error(_, error: ApiError):
