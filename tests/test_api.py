@@ -413,3 +413,36 @@ def test_200_requests_at_concurrency_32_all_complete_and_none_is_lost(live):
         reasons = list(pool.map(one, range(200)))
     assert len(reasons) == 200 and set(reasons) <= {"stop", "length"}
     live.wait_idle()
+
+
+def test_serve_py_with_random_weights_starts_answers_and_stops(tmp_path):
+    """The command line as a user runs it: `python serve.py --config tiny --random-init` (made small)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    port = free_port()
+    command = [sys.executable, str(root / "serve.py"), "--config", "tiny", "--random-init", "--workdir",
+               str(tmp_path / "none"), "--model.num-layers", "1", "--serve.slots", "2", "--serve.max-cache-len", "32",
+               "--serve.port", str(port)]
+    server = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        live = Live(None, port)
+        deadline = time.time() + 180
+        while time.time() < deadline and server.poll() is None:
+            with contextlib.suppress(OSError):
+                if live.call("GET", "/health")[0] == 200:
+                    break
+            time.sleep(0.5)
+        status, _, body = live.post(COMPLETE, {"prompt": "a small", "max_tokens": 4})
+        assert status == 200 and body["model"] == "tiny" and body["usage"]["completion_tokens"] >= 1
+        too_long = live.post(COMPLETE, {"prompt": list(range(10, 50)), "max_tokens": 1})
+        assert too_long[0] == 400 and "serve.max_cache_len=32" in too_long[2]["error"]["message"]
+    finally:
+        server.send_signal(signal.SIGINT)
+        output = server.communicate(timeout=60)[0]
+    assert "serving tiny with random weights" in output, output[-2000:]
