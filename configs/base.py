@@ -131,11 +131,14 @@ class DataConfig:
     # Mixture weights of the world's caption, audio and document examples. Documents are the longest
     # (two or three pictures and sounds each); at equal weights they take ~60% of the tokens.
     world_mixture: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    captioning_share: float = 0.5  # of the world's caption examples, the share templated picture -> text (the rest: drawing)
 
     def __post_init__(self):
         _check_positive("data", self, ("seq_len", "global_batch_size", "packing_bins"))
         if len(self.world_mixture) != 3 or min(self.world_mixture) <= 0:
             _fail("data.world_mixture", f"needs 3 positive weights (caption, audio, document), got {self.world_mixture}")
+        if not 0.0 <= self.captioning_share <= 1.0:
+            _fail("data.captioning_share", f"must lie in [0, 1], got {self.captioning_share}")
         if self.overlong not in ("truncate", "drop"):
             _fail("data.overlong", f"must be 'truncate' or 'drop', got {self.overlong!r}")
 

@@ -59,7 +59,7 @@ def training_example(named_record, index: int, vocab: Vocabulary, cfg: DataConfi
     name, record = named_record
     stats.sources[name] = stats.sources.get(name, 0) + 1
     kind, segments = readers[name](record)
-    task, segments = templates.apply(kind, segments, np.random.default_rng([cfg.seed, index]))
+    task, segments = templates.apply(kind, segments, np.random.default_rng([cfg.seed, index]), cfg.captioning_share)
     encoded = vocab.encode(segments)
     stats.examples += 1
     stats.tasks[task] = stats.tasks.get(task, 0) + 1

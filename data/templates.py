@@ -45,12 +45,14 @@ def _with_loss(segment: Segment, loss: bool) -> Segment:
     return dataclasses.replace(segment, loss=loss)
 
 
-def apply(kind: str, segments: list[Segment], rng: np.random.Generator) -> tuple[str, list[Segment]]:
+def apply(kind: str, segments: list[Segment], rng: np.random.Generator,
+          captioning_share: float = 0.5) -> tuple[str, list[Segment]]:
     """(task, templated segments) for a world example of `kind`; a caption example becomes
-    captioning or drawing with equal odds, so both directions are trained from the same pictures."""
+    captioning (with odds `captioning_share`) or drawing, so both directions are trained from the
+    same pictures."""
     if kind == "caption":
         image, caption = segments
-        if rng.random() < 0.5:
+        if rng.random() < captioning_share:
             return "captioning", captioning(image, caption.text)
         return "drawing", drawing(image, caption.text)
     if kind == "audio":

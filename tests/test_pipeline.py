@@ -159,3 +159,12 @@ def test_the_worlds_kinds_become_sources_of_their_own_mixed_by_the_configs_weigh
     assert abs(stats.sources["document"] / stats.examples - 1 / 7) < 0.03, stats.sources
     with pytest.raises(ValueError, match="data.world_mixture"):
         DataConfig(world_mixture=(1.0, 0.0, 1.0))
+
+
+def test_captioning_share_sets_how_many_caption_examples_become_captioning_rather_than_drawing():
+    picture = [Image(codes=np.zeros(64, np.int64)), Text("a small red circle in the top left")]
+    for share in (0.5, 0.8, 1.0):
+        tasks = [templates.apply("caption", picture, np.random.default_rng([0, i]), share)[0] for i in range(2000)]
+        assert abs(tasks.count("captioning") / len(tasks) - share) < 0.03
+    with pytest.raises(ValueError, match="data.captioning_share"):
+        DataConfig(captioning_share=1.5)
