@@ -4,8 +4,8 @@
 
 For each batch B: B prompts of `--prompt` random tokens are prefilled and inserted into B slots
 (serving/engine.py), then the slots decode `--new` tokens each (the first comes from the
-prefill; the median of three runs), reading each step's tokens back one step behind as the scheduler does. Greedy: with
-every row sampled instead the step costs the same (sampling is in the jitted step either way).
+prefill), reading each step's tokens back one step behind as the scheduler does; the median of
+three runs. Greedy rows (the step runs the sampling code for every row either way).
 Prints JSON lines:
   - the roofline, measured in this run: the matmul peak, and the time to read an array the size
     of the weights once (model/hardware.py), which bounds a batch-1 step from below;

@@ -1,6 +1,6 @@
 """The machine's own ceilings, measured in the same run: matmul FLOP/s, and the time to read the weights.
 
-MFU figures divide by it, so a figure taken on a busy or throttled machine is
+MFU and roofline figures divide by these, so a figure taken on a busy or throttled machine is
 still a fair ratio. On an accelerator the measured peak is likewise what the chip really gives
 for a large matmul in the compute dtype, not the vendor's sheet.
 """

@@ -304,8 +304,7 @@ async def _respond(server, request: Request, body, prompts: list[Prompt], chat: 
                 get.cancel()
                 if disconnect in done:
                     return Response(status_code=499)  # nobody is listening; the slot is freed below
-                raise ApiError(504, f"the request took over serve.request_timeout_s="
-                               f"{server.cfg.serve.request_timeout_s} s", code="timeout", kind="server_error")
+                raise _timed_out(server)
             finished += get.result() is not None and get.result()[2]
     finally:
         disconnect.cancel()
@@ -336,13 +335,10 @@ async def _stream(server, generation: Generation, body, chat: bool, deadline: fl
         while finished < len(generation.choices):
             try:
                 event = await asyncio.wait_for(generation.next(), max(deadline - time.monotonic(), 0))
-            except asyncio.TimeoutError:
-                error = {"message": f"the request took over serve.request_timeout_s={server.cfg.serve.request_timeout_s} s",
-                         "type": "server_error", "param": None, "code": "timeout"}
-                yield f"data: {json.dumps({'error': error})}\n\n"
-                return
-            except ApiError as error:
-                yield f"data: {json.dumps({'error': {'message': error.message, 'type': error.kind, 'param': None, 'code': error.code}})}\n\n"
+            except (asyncio.TimeoutError, ApiError) as failure:  # the status line is sent: report in the stream
+                error = failure if isinstance(failure, ApiError) else _timed_out(server)
+                body_ = {"message": error.message, "type": error.kind, "param": error.param, "code": error.code}
+                yield f"data: {json.dumps({'error': body_})}\n\n"
                 return
             if event is None:
                 continue
@@ -407,6 +403,11 @@ def _chat_logprobs(server, tokens: list[Token], body) -> dict:
 
     return {"content": [{**entry(t.id, t.logprob), "top_logprobs": [entry(i, lp) for i, lp in t.top[:top]]}
                         for t in tokens]}
+
+
+def _timed_out(server) -> ApiError:
+    return ApiError(504, f"the request took over serve.request_timeout_s={server.cfg.serve.request_timeout_s} s",
+                    code="timeout", kind="server_error")
 
 
 def _id(chat: bool) -> str:

@@ -1,5 +1,6 @@
 """A small served model for the engine and HTTP tests: the world's vocabulary layout, random weights."""
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -10,7 +11,7 @@ from configs.base import Config, DataConfig, MeshConfig, ServeConfig
 from model.sharding import make_mesh
 from model.transformer import init_model
 from serving.engine import Engine, SamplingParams
-from serving.scheduler import Finished, Request, Token
+from serving.scheduler import Finished, Request, Scheduler, Token
 from tests.helpers import WORLD_MODEL
 
 SERVE_CFG = Config(name="test-model", model=WORLD_MODEL, mesh=MeshConfig(data=1, fsdp=1, tensor=1),
@@ -47,6 +48,17 @@ class Collected:
     def wait(self, timeout: float = 60.0) -> "Collected":
         assert self.done.wait(timeout), "the request did not finish"
         return self
+
+
+@contextlib.contextmanager
+def running(engine: Engine, max_queue: int):
+    """A started scheduler over `engine`, stopped on the way out whatever happens inside."""
+    scheduler = Scheduler(engine, max_queue=max_queue)
+    scheduler.start()
+    try:
+        yield scheduler
+    finally:
+        scheduler.stop()
 
 
 def request(prompt, max_tokens: int, **params) -> tuple[Request, Collected]:

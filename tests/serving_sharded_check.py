@@ -10,22 +10,17 @@ import jax
 
 from configs.base import MeshConfig
 from model.sharding import make_mesh
-from serving.scheduler import Scheduler
-from tests.serving_helpers import make_engine, prompt_of, request, served_model
+from tests.serving_helpers import make_engine, prompt_of, request, running, served_model
 
 
 def decode_all(engine) -> list[list[int]]:
-    scheduler = Scheduler(engine, max_queue=10)
-    scheduler.start()
-    try:
+    with running(engine, max_queue=10) as scheduler:
         sinks = []
         for i in range(6):  # more requests than slots: inserts into slots on every data shard
             req, sink = request(prompt_of(4 + 7 * i, seed=i), 6 + i)
             scheduler.submit(req)
             sinks.append(sink)
         return [sink.wait().tokens for sink in sinks]
-    finally:
-        scheduler.stop()
 
 
 def main() -> dict:

@@ -14,10 +14,9 @@ import pytest
 
 from serving.engine import buckets
 from serving.sampling import SamplingRows, sample
-from serving.scheduler import Scheduler
 from serving.text_stream import TextStream
 from tests.helpers import jit_forward
-from tests.serving_helpers import EOS, make_engine, prompt_of, request, served_model
+from tests.serving_helpers import EOS, make_engine, prompt_of, request, running, served_model
 
 TESTS = Path(__file__).parent
 
@@ -50,14 +49,10 @@ def reference_greedy(model, prompt, new_tokens: int) -> list[int]:
 
 
 def run_alone(engine, prompt, max_tokens: int, **params) -> list[int]:
-    scheduler = Scheduler(engine, max_queue=10)
-    scheduler.start()
-    try:
+    with running(engine, max_queue=10) as scheduler:
         req, sink = request(prompt, max_tokens, **params)
         scheduler.submit(req)
         return sink.wait().tokens
-    finally:
-        scheduler.stop()
 
 
 def test_buckets_are_powers_of_two_up_to_the_cache_length():
@@ -75,9 +70,7 @@ def test_continuous_batching_gives_each_request_the_tokens_it_gets_alone(engine)
     """10 requests of mixed lengths and budgets through 4 slots, arriving in waves while others decode."""
     specs = [(3 + 5 * i, 4 + (7 * i) % 13) for i in range(10)]
     alone = [run_alone(engine, prompt_of(n, seed=i), m) for i, (n, m) in enumerate(specs)]
-    scheduler = Scheduler(engine, max_queue=20)
-    scheduler.start()
-    try:
+    with running(engine, max_queue=20) as scheduler:
         sinks = []
         for i, (n, m) in enumerate(specs):
             req, sink = request(prompt_of(n, seed=i), m)
@@ -86,8 +79,6 @@ def test_continuous_batching_gives_each_request_the_tokens_it_gets_alone(engine)
             if i % 3 == 2:
                 time.sleep(0.05)  # the next wave arrives mid-decode
         together = [sink.wait().tokens for sink in sinks]
-    finally:
-        scheduler.stop()
     assert together == alone
     assert all(s.finished.reason in ("stop", "length") for s in sinks)
 
@@ -95,23 +86,17 @@ def test_continuous_batching_gives_each_request_the_tokens_it_gets_alone(engine)
 def test_a_seeded_sampled_request_draws_the_same_tokens_alone_or_beside_others(engine):
     params = dict(temperature=1.0, top_k=20, top_p=0.9, seed=1234)
     alone = run_alone(engine, prompt_of(9, seed=1), 10, **params)
-    scheduler = Scheduler(engine, max_queue=10)
-    scheduler.start()
-    try:
+    with running(engine, max_queue=10) as scheduler:
         others = [request(prompt_of(5 + i, seed=50 + i), 10, temperature=0.7, seed=i)[0] for i in range(2)]
         for other in others:
             scheduler.submit(other)
         req, sink = request(prompt_of(9, seed=1), 10, **params)
         scheduler.submit(req)
         assert sink.wait().tokens == alone
-    finally:
-        scheduler.stop()
 
 
 def test_a_request_arriving_while_others_decode_is_served_without_waiting_for_them(engine):
-    scheduler = Scheduler(engine, max_queue=10)
-    scheduler.start()
-    try:
+    with running(engine, max_queue=10) as scheduler:
         # Text ids only, so neither long request can end early on an <eos>.
         long = [request(prompt_of(8, seed=i), 100, allowed=(10, 1024)) for i in range(2)]
         for req, _ in long:
@@ -125,14 +110,10 @@ def test_a_request_arriving_while_others_decode_is_served_without_waiting_for_th
         assert all(len(sink.tokens) < 100 for _, sink in long)
         for req, _ in long:
             scheduler.cancel(req)
-    finally:
-        scheduler.stop()
 
 
 def test_a_cancelled_request_frees_its_slot_at_once(engine):
-    scheduler = Scheduler(engine, max_queue=10)
-    scheduler.start()
-    try:
+    with running(engine, max_queue=10) as scheduler:
         req, sink = request(prompt_of(8, seed=3), 100)
         scheduler.submit(req)
         while not sink.tokens:
@@ -145,8 +126,6 @@ def test_a_cancelled_request_frees_its_slot_at_once(engine):
             time.sleep(0.01)
         assert scheduler.slots_in_use == 0
         assert len(sink.tokens) < 100
-    finally:
-        scheduler.stop()
 
 
 def test_a_request_stops_at_its_stop_id_and_counts_it(model, engine):
@@ -158,9 +137,7 @@ def test_a_request_stops_at_its_stop_id_and_counts_it(model, engine):
 
 
 def test_more_requests_than_slots_all_complete_and_none_is_lost(engine):
-    scheduler = Scheduler(engine, max_queue=100)
-    scheduler.start()
-    try:
+    with running(engine, max_queue=100) as scheduler:
         sinks = []
         for i in range(40):
             req, sink = request(prompt_of(2 + i % 30, seed=100 + i), 1 + i % 9, temperature=float(i % 2), seed=i)
@@ -169,8 +146,6 @@ def test_more_requests_than_slots_all_complete_and_none_is_lost(engine):
         for i, sink in enumerate(sinks):
             sink.wait()
             assert 1 <= len(sink.tokens) <= 1 + i % 9
-    finally:
-        scheduler.stop()
     assert scheduler.slots_in_use == 0
 
 
