@@ -25,6 +25,7 @@ from pathlib import Path
 import jax
 
 from configs.cli import parse
+from model.host_memory import reuse_freed_memory
 from model.sharding import make_mesh
 from training.lm_stage import train_lm
 from training.tokenizer_stage import load_vocabulary, tokenizers_exist, train_tokenizers
@@ -55,6 +56,7 @@ def join_other_processes(flags) -> None:
 
 def main() -> None:
     started = time.perf_counter()
+    reuse_freed_memory()  # before jax's threads start allocating (model/host_memory.py)
     cfg, flags = parse(prog="train.py", flags=FLAGS)
     workdir = Path(flags.workdir or f"runs/{cfg.name}")
     join_other_processes(flags)

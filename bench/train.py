@@ -32,6 +32,7 @@ from configs.base import REMAT_POLICIES, ModelConfig, TrainConfig
 from configs.bench import SEQ, bench_config
 from model.costs import counted_params, train_flops_per_token
 from model.hardware import matmul_peak_flops
+from model.host_memory import reuse_freed_memory
 from model.transformer import Transformer
 from training.train_step import make_optimizer, train_step
 
@@ -121,6 +122,7 @@ def torch_step(cfg: ModelConfig, train: TrainConfig, batch: dict, steps: int) ->
 
 
 def main() -> None:
+    reuse_freed_memory()  # as train.py and serve.py do (model/host_memory.py)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=4, help="timed steps after two warm-up steps")
     parser.add_argument("--vs-torch", action="store_true", help="also time HF Llama in eager PyTorch (`bench` extra)")

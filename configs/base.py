@@ -49,6 +49,10 @@ class ModelConfig:
     param_dtype: DType = "float32"
     compute_dtype: DType = "bfloat16"
     remat_policy: RematPolicy = "dots_saveable"
+    # Layers per iteration of the layer scan. 1 keeps compile time flat in depth (the scale presets);
+    # a shallow model unrolls all of them: the loop and its stacked per-layer buffers took a fifth
+    # of the tiny preset's CPU step (README, "Measured").
+    scan_unroll: int = 1
     attention_backend: AttentionBackend = "xla"
     # The image and audio tokenizers' FSQ levels, or () for plain rows: given, each code's embedding
     # is its own row plus a learned row per FSQ digit (model/layers.py, Embedding).
@@ -57,7 +61,7 @@ class ModelConfig:
 
     def __post_init__(self):
         _check_positive("model", self, ("text_vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
-                                        "head_dim", "mlp_dim", "max_seq_len", "rope_base", "norm_eps"))
+                                        "head_dim", "mlp_dim", "max_seq_len", "rope_base", "norm_eps", "scan_unroll"))
         if self.image_vocab_size < 0 or self.audio_vocab_size < 0:
             _fail("model.image_vocab_size", "code ranges cannot be negative")
         if self.num_heads % self.num_kv_heads:

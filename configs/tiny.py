@@ -23,6 +23,7 @@ def config() -> Config:
             tie_embeddings=True,
             compute_dtype="float32",  # bf16 is no faster than fp32 on a CPU
             remat_policy="none",  # activations of a tiny model fit easily
+            scan_unroll=4,  # all four layers: no loop, no stacked per-layer buffers
         ),
         mesh=MeshConfig(data=-1, fsdp=1, tensor=1),
         # Captions (captioning + drawing) weigh most: reading a shape from its image codes is what

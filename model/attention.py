@@ -56,6 +56,32 @@ def scatter_rows(cache_bs: jax.Array, rows_bt: jax.Array, where_bt: jax.Array) -
     return cache_bs.at[batch_b1, where_bt].set(rows_bt.astype(cache_bs.dtype), mode="drop")
 
 
+def grouped_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bts: jax.Array) -> jax.Array:
+    """Softmax attention of N query heads over K key/value heads (N/K queries share each), in einsums.
+
+    The backend "xla": what `jax.nn.dot_product_attention` computes, laid out so that no
+    [length, length] array is ever transposed. Each kv head's group of queries is folded into the
+    query axis ([B, K, T*G, H]), so both products are plain batched matmuls over (B, K) and the
+    scores, softmax and their gradients stay in one layout. jax.nn's version keeps heads beside the
+    query axis and XLA:CPU copied the scores and probabilities transposed, forward and backward:
+    a fifth of the tiny preset's train step (README, "Measured"). Only the small q and output are
+    transposed here, and for multi-query attention (K = 1) not even those.
+
+    A query that may see no key (padding) attends uniformly rather than yielding NaN.
+    """
+    b, t, n, h = q_btnh.shape
+    s, k = k_bskh.shape[1], k_bskh.shape[2]
+    g = n // k
+    q_bkqh = (q_btnh * h**-0.5).reshape(b, t, k, g, h).transpose(0, 2, 1, 3, 4).reshape(b, k, t * g, h)
+    scores_bktgs = jnp.einsum(
+        "bkqh,bksh->bkqs", q_bkqh, k_bskh.transpose(0, 2, 1, 3), preferred_element_type=jnp.float32
+    ).reshape(b, k, t, g, s)
+    scores_bktgs = jnp.where(mask_bts[:, None, :, None, :], scores_bktgs, jnp.finfo(jnp.float32).min)
+    probs_bkqs = jax.nn.softmax(scores_bktgs, axis=-1).astype(v_bskh.dtype).reshape(b, k, t * g, s)
+    out_bkqh = jnp.einsum("bkqs,bksh->bkqh", probs_bkqs, v_bskh.transpose(0, 2, 1, 3))
+    return out_bkqh.reshape(b, k, t, g, h).transpose(0, 2, 1, 3, 4).reshape(b, t, n, h)
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         d, n, k, h, dtype = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.param_dtype
@@ -104,8 +130,11 @@ class Attention(nnx.Module):
             & (key_positions_bs[:, None, :] <= positions_bt[:, :, None])
             & (key_segments_bs[:, None, :] != 0)
         )
-        out_btnh = jax.nn.dot_product_attention(
-            q_btnh, keys_bskh, values_bskh, mask=mask_bts[:, None], implementation=self.backend
-        )
+        if self.backend == "xla":
+            out_btnh = grouped_attention(q_btnh, keys_bskh, values_bskh, mask_bts)
+        else:
+            out_btnh = jax.nn.dot_product_attention(
+                q_btnh, keys_bskh, values_bskh, mask=mask_bts[:, None], implementation=self.backend
+            )
         out_btd = dense(out_btnh, self.o_nhd[...].astype(dtype), contract=2)
         return out_btd, cache

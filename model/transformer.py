@@ -1,7 +1,8 @@
 """The decoder: embedding -> a scanned stack of pre-norm blocks -> final norm -> logits.
 
 The stack is built with `nnx.vmap` (every parameter gains a leading `layers` axis) and applied
-with `jax.lax.scan`, so compile time does not grow with depth. The block body is wrapped in
+with `jax.lax.scan`, so compile time does not grow with depth (`model.scan_unroll` unrolls a
+shallow stack, for speed). The block body is wrapped in
 `jax.checkpoint` with the config's named remat policy.
 """
 
@@ -97,7 +98,8 @@ class Transformer(nnx.Module):
         if cfg.remat_policy != "none":
             layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
         if cache is None:
-            x_btd, _ = jax.lax.scan(lambda x, block_state: layer(x, block_state, None), x_btd, blocks_state)
+            x_btd, _ = jax.lax.scan(
+                lambda x, block_state: layer(x, block_state, None), x_btd, blocks_state, unroll=cfg.scan_unroll)
         else:
             # The whole cache rides in the carry and each layer writes its slice back in place: as the
             # scan's per-layer output instead, XLA copied all of it every step (measured: the decode
@@ -109,7 +111,8 @@ class Transformer(nnx.Module):
                 v_all = jax.lax.dynamic_update_index_in_dim(v_all, v, index, 0)
                 return (x_btd, k_all, v_all, index + 1), None
 
-            (x_btd, k_all, v_all, _), _ = jax.lax.scan(layer_with_cache, (x_btd, cache.k, cache.v, 0), blocks_state)
+            (x_btd, k_all, v_all, _), _ = jax.lax.scan(
+                layer_with_cache, (x_btd, cache.k, cache.v, 0), blocks_state, unroll=cfg.scan_unroll)
             layer_caches = (k_all, v_all)
 
         x_btd = self.final_norm(x_btd)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from model.attention import KVCache
+from model.attention import KVCache, grouped_attention
 from model.loss import cross_entropy
 from model.sharding import LOGICAL_RULES
 from tests.helpers import build, jit_forward, small_model_config
@@ -100,6 +100,50 @@ def test_remat_policies_change_memory_not_gradients():
     reference = grads("none")
     for policy in ("full", "dots_saveable", "dots_with_no_batch_dims_saveable"):
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), grads(policy), reference)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_grouped_attention_matches_jax_nn_attention_values_and_gradients(kv_heads):
+    q = jax.random.normal(jax.random.key(0), (2, 7, 4, 8))
+    k, v = jax.random.normal(jax.random.key(1), (2, 2, 9, kv_heads, 8))
+    # causal within two packed segments, over 9 keys (a cache longer than the chunk)
+    seg_q, seg_k = np.array([1, 1, 1, 2, 2, 2, 2]), np.array([1, 1, 1, 2, 2, 2, 2, 2, 2])
+    pos_q, pos_k = np.array([0, 1, 2, 0, 1, 2, 3]), np.array([0, 1, 2, 0, 1, 2, 3, 4, 5])
+    mask = (seg_q[:, None] == seg_k[None]) & (pos_k[None] <= pos_q[:, None])
+    mask_bts = jnp.asarray(np.broadcast_to(mask, (2, 7, 9)))
+
+    def ours(q, k, v):
+        return grouped_attention(q, k, v, mask_bts)
+
+    def reference(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, mask=mask_bts[:, None], implementation="xla")
+
+    np.testing.assert_allclose(ours(q, k, v), reference(q, k, v), rtol=1e-5, atol=1e-6)
+    weights = jax.random.normal(jax.random.key(2), q.shape)
+    grad = lambda f: jax.grad(lambda *a: jnp.sum(f(*a) * weights), argnums=(0, 1, 2))(q, k, v)  # noqa: E731
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), grad(ours), grad(reference))
+
+
+def test_a_query_that_may_see_no_key_gets_finite_output_and_gradients():
+    q = jax.random.normal(jax.random.key(0), (1, 2, 2, 8))  # 2 queries, 2 heads
+    k, v = jax.random.normal(jax.random.key(1), (2, 1, 3, 1, 8))  # 3 keys, 1 kv head
+    mask_bts = jnp.asarray(np.array([[[True, False, False], [False, False, False]]]))  # query 2: padding
+    out = grouped_attention(q, k, v, mask_bts)
+    grads = jax.grad(lambda q: jnp.sum(grouped_attention(q, k, v, mask_bts)))(q)
+    assert np.isfinite(out).all() and np.isfinite(grads).all()
+    np.testing.assert_allclose(out[0, 0], jnp.repeat(v[0, 0], 2, axis=0), rtol=1e-6)  # its one key's value, per head
+
+
+def test_unrolling_the_layer_scan_changes_nothing_but_speed():
+    tokens = random_tokens(6, (2, 12), small_model_config())
+    results = []
+    for unroll in (1, 2):
+        cfg = small_model_config(scan_unroll=unroll)
+        graphdef, state = build(cfg)  # same seed: same weights
+        logits, _ = jit_forward(graphdef, state, tokens)
+        _, cache = jit_forward(graphdef, state, tokens[:, :5], None, None, KVCache.init(cfg, 2, 16))
+        results.append((logits, cache.k))
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6), *results)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_tracks_float32_logits():
