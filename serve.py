@@ -19,7 +19,6 @@ from pathlib import Path
 import uvicorn
 
 from configs.cli import parse
-from model.host_memory import reuse_freed_memory
 from model.sharding import make_mesh
 from model.transformer import init_model
 from serving.api import make_app
@@ -38,7 +37,6 @@ FLAGS = {
 
 
 def main() -> None:
-    reuse_freed_memory()  # before jax's threads start allocating (model/host_memory.py)
     cfg, flags = parse(prog="serve.py", flags=FLAGS)
     workdir = Path(flags.workdir or f"runs/{cfg.name}")
     try:

@@ -56,7 +56,7 @@ def join_other_processes(flags) -> None:
 
 def main() -> None:
     started = time.perf_counter()
-    reuse_freed_memory()  # before jax's threads start allocating (model/host_memory.py)
+    reuse_freed_memory()  # before jax runs anything (model/host_memory.py)
     cfg, flags = parse(prog="train.py", flags=FLAGS)
     workdir = Path(flags.workdir or f"runs/{cfg.name}")
     join_other_processes(flags)

@@ -34,7 +34,6 @@ from configs.bench import bench_config
 from model.attention import KVCache
 from model.costs import counted_params
 from model.hardware import matmul_peak_flops, read_seconds
-from model.host_memory import reuse_freed_memory
 from model.sharding import make_mesh
 from model.transformer import Transformer, forward
 from serving.engine import Engine, SamplingParams
@@ -115,7 +114,6 @@ def hf_run(cfg, prompts: np.ndarray, new: int) -> float:
 
 
 def main() -> None:
-    reuse_freed_memory()  # as train.py and serve.py do (model/host_memory.py)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--prompt", type=int, default=128)

@@ -27,8 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-from model.host_memory import reuse_freed_memory
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -132,7 +130,6 @@ def start_server(port: int, slots: int, cache_len: int) -> subprocess.Popen:
 
 
 def main() -> None:
-    reuse_freed_memory()  # as train.py and serve.py do (model/host_memory.py)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=32)

@@ -122,7 +122,7 @@ def torch_step(cfg: ModelConfig, train: TrainConfig, batch: dict, steps: int) ->
 
 
 def main() -> None:
-    reuse_freed_memory()  # as train.py and serve.py do (model/host_memory.py)
+    reuse_freed_memory()  # as train.py does (model/host_memory.py)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=4, help="timed steps after two warm-up steps")
     parser.add_argument("--vs-torch", action="store_true", help="also time HF Llama in eager PyTorch (`bench` extra)")
