@@ -1,6 +1,6 @@
 """Training-step throughput and MFU at the bench shape (63.4M parameters, batch 8 x 512, fp32, CPU).
 
-    python bench/train.py [--steps 4] [--vs-torch] [--remat-policy none] [--profile DIR]
+    python bench/train.py [--steps 4] [--vs-torch] [--remat-policy none] [--profile DIR] [--shape tiny]
 
 Times the real step the trainer runs (training/train_step.py: AdamW, clipping, z-loss, NaN guard;
 jitted with the state donated) on random batches shaped like the pipeline's. The model is the
@@ -13,6 +13,7 @@ Prints JSON lines:
   - with --vs-torch (the `bench` extra), the same shape as an HF LlamaForCausalLM trained eagerly
     with torch AdamW on the same batch, and the JAX / torch tokens/s ratio.
 --profile DIR writes a jax.profiler trace of one step there (TensorBoard / Perfetto).
+--shape tiny times the tiny preset's own model and batch (4 x 512) instead: the step of the default run.
 """
 
 from __future__ import annotations
@@ -39,16 +40,16 @@ from training.train_step import make_optimizer, train_step
 BATCH = 8
 
 
-def random_batch(cfg: ModelConfig, seed: int = 0) -> dict:
+def random_batch(cfg: ModelConfig, batch: int, seq: int, seed: int = 0) -> dict:
     """One row per sequence, every position trained; the keys and dtypes of data/pipeline.py's batches."""
     rng = np.random.default_rng(seed)
-    tokens = rng.integers(0, cfg.vocab_size, (BATCH, SEQ + 1)).astype(np.int32)
+    tokens = rng.integers(0, cfg.vocab_size, (batch, seq + 1)).astype(np.int32)
     return {
         "inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-        "loss_mask": np.ones((BATCH, SEQ), np.int32),
-        "modality": rng.integers(0, 3, (BATCH, SEQ)).astype(np.int32),
-        "segment_ids": np.ones((BATCH, SEQ), np.int32),
-        "positions": np.broadcast_to(np.arange(SEQ, dtype=np.int32), (BATCH, SEQ)).copy(),
+        "loss_mask": np.ones((batch, seq), np.int32),
+        "modality": rng.integers(0, 3, (batch, seq)).astype(np.int32),
+        "segment_ids": np.ones((batch, seq), np.int32),
+        "positions": np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy(),
     }
 
 
@@ -61,9 +62,9 @@ def timed(run_step, steps: int) -> list[float]:
     return seconds
 
 
-def figures(name: str, seconds: list[float], flops_per_step: float, peak: float) -> dict:
+def figures(name: str, seconds: list[float], tokens_per_step: int, flops_per_step: float, peak: float) -> dict:
     step_s = statistics.median(seconds)
-    return {"bench": name, "tokens_per_s": round(BATCH * SEQ / step_s, 1), "step_s": round(step_s, 3),
+    return {"bench": name, "tokens_per_s": round(tokens_per_step / step_s, 1), "step_s": round(step_s, 3),
             "step_s_min": round(min(seconds), 3), "steps": len(seconds), "model_flops_per_step": flops_per_step,
             "model_flops_per_s": round(flops_per_step / step_s), "matmul_peak_flops": round(peak),
             "mfu": round(flops_per_step / step_s / peak, 4)}
@@ -129,22 +130,34 @@ def main() -> None:
     parser.add_argument("--remat-policy", default="none", choices=REMAT_POLICIES,
                         help="model.remat_policy for the bench shape (default none: the activations fit)")
     parser.add_argument("--profile", default=None, help="write a jax.profiler trace of one step to this directory")
+    parser.add_argument("--shape", default="bench", choices=("bench", "tiny"),
+                        help="bench: the 63.4M-parameter bench shape; tiny: the tiny preset's model and batch")
     args = parser.parse_args()
+    if args.vs_torch and args.shape != "bench":
+        parser.error("--vs-torch compares the bench shape only (HF Llama has no factorised code rows)")
 
-    cfg = bench_config(args.remat_policy)
-    train = get_config("tiny").train
+    tiny = get_config("tiny")
+    if args.shape == "tiny":
+        cfg, batch_size, seq = tiny.model, tiny.data.global_batch_size, tiny.data.seq_len
+    else:
+        cfg, batch_size, seq = bench_config(args.remat_policy), BATCH, SEQ
+    train = tiny.train
     params = counted_params(cfg)
-    flops_per_step = train_flops_per_token(cfg, SEQ) * BATCH * SEQ
-    batch = random_batch(cfg)
+    flops_per_step = train_flops_per_token(cfg, seq) * batch_size * seq
+    batch = random_batch(cfg, batch_size, seq)
     peak = matmul_peak_flops()
-    shape = {"params": params, "batch": [BATCH, SEQ], "vocab": cfg.vocab_size, "remat_policy": cfg.remat_policy,
-             "dtype": cfg.compute_dtype, "backend": jax.default_backend(), "jax": jax.__version__}
-    jax_figures = figures("train_step", jax_step(cfg, train, batch, args.steps, args.profile), flops_per_step, peak)
+    shape = {"shape": args.shape, "params": params, "batch": [batch_size, seq], "vocab": cfg.vocab_size,
+             "remat_policy": cfg.remat_policy, "scan_unroll": cfg.scan_unroll, "dtype": cfg.compute_dtype,
+             "backend": jax.default_backend(), "jax": jax.__version__}
+    tokens = batch_size * seq
+    jax_figures = figures("train_step", jax_step(cfg, train, batch, args.steps, args.profile), tokens, flops_per_step,
+                          peak)
     print(json.dumps({**jax_figures, **shape}), flush=True)
     if args.vs_torch:
         import torch
 
-        torch_figures = figures("train_step_torch", torch_step(cfg, train, batch, args.steps), flops_per_step, peak)
+        torch_figures = figures("train_step_torch", torch_step(cfg, train, batch, args.steps), tokens, flops_per_step,
+                                peak)
         print(json.dumps({**torch_figures, "torch": torch.__version__, "threads": torch.get_num_threads(),
                           "jax_over_torch": round(jax_figures["tokens_per_s"] / torch_figures["tokens_per_s"], 3)}))
 

@@ -22,4 +22,5 @@ def bench_config(remat_policy: str = "none") -> ModelConfig:
         tiny, text_vocab_size=VOCAB - codes, d_model=512, num_layers=8, num_heads=8, num_kv_heads=1, head_dim=64,
         mlp_dim=2048, max_seq_len=SEQ, tie_embeddings=False, compute_dtype="float32", remat_policy=remat_policy,
         image_code_levels=(), audio_code_levels=(),  # plain rows, as the bench shape was measured
+        scan_unroll=1,  # a scanned stack, as the scale presets run
     )
