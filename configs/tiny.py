@@ -27,8 +27,8 @@ def config() -> Config:
         ),
         mesh=MeshConfig(data=-1, fsdp=1, tensor=1),
         # Captions (captioning + drawing) weigh most: reading a shape from its image codes is what
-        # the tiny model learns last (at step 2,800 the shape is still what is wrong in 20 of 21 wrong
-        # captions, 18 of them small shapes).
+        # the tiny model learns last (at the end of a 2,800-step run the shape was what was wrong in
+        # 20 of 21 wrong captions, 18 of them small shapes).
         # Batch 4: per token, twice the steps of batch 8 learned more (caption 76.5% vs 68% for the
         # same 4.1M tokens); batch 2 did not learn faster again (README, "The default run").
         data=DataConfig(seq_len=512, global_batch_size=4, world_mixture=(3.0, 2.0, 1.0)),
