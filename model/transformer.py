@@ -3,7 +3,8 @@
 The stack is built with `nnx.vmap` (every parameter gains a leading `layers` axis) and applied
 with `jax.lax.scan`, so compile time does not grow with depth (`model.scan_unroll` unrolls a
 shallow stack, for speed). The block body is wrapped in
-`jax.checkpoint` with the config's named remat policy.
+`jax.checkpoint` with the config's named remat policy. The serving engine stores the stack as one
+module per layer instead (`unstack_blocks`), which decodes faster on CPU.
 """
 
 from __future__ import annotations
@@ -89,6 +90,16 @@ class Transformer(nnx.Module):
             cache_segment_ids_bs = cache.segment_ids.at[batch_b1, where_bt].set(segment_ids_bt, mode="drop")
             layer_caches = (cache.k, cache.v)
 
+        if isinstance(self.blocks, nnx.List):  # the decode layout (`unstack_blocks`): a loop, no remat
+            for index, block in enumerate(self.blocks):
+                layer_cache = None if cache is None else (layer_caches[0][index], layer_caches[1][index])
+                x_btd, layer_cache = block(x_btd, positions_bt, segment_ids_bt, layer_cache, cache_segment_ids_bs)
+                if cache is not None:
+                    layer_caches = tuple(all_.at[index].set(one) for all_, one in zip(layer_caches, layer_cache))
+            if cache is not None:
+                cache = KVCache(*layer_caches, segment_ids=cache_segment_ids_bs)
+            return self._logits(x_btd), cache
+
         blocks_graph, blocks_state = nnx.split(self.blocks)
 
         def layer(x_btd, block_state, layer_cache):
@@ -115,17 +126,34 @@ class Transformer(nnx.Module):
                 layer_with_cache, (x_btd, cache.k, cache.v, 0), blocks_state, unroll=cfg.scan_unroll)
             layer_caches = (k_all, v_all)
 
+        if cache is not None:
+            cache = KVCache(k=layer_caches[0], v=layer_caches[1], segment_ids=cache_segment_ids_bs)
+        return self._logits(x_btd), cache
+
+    def _logits(self, x_btd: jax.Array) -> jax.Array:
         x_btd = self.final_norm(x_btd)
-        if cfg.tie_embeddings:
+        if self.cfg.tie_embeddings:
             logits_btv = self.embedding.decode(x_btd)
         else:
             unembed_dv = self.unembed_dv[...].astype(x_btd.dtype)
             logits_btv = dense(x_btd, unembed_dv, out_dtype=jnp.float32)
-        logits_btv = constrain(logits_btv, ("batch", "length", "vocab"))
+        return constrain(logits_btv, ("batch", "length", "vocab"))
 
-        if cache is not None:
-            cache = KVCache(k=layer_caches[0], v=layer_caches[1], segment_ids=cache_segment_ids_bs)
-        return logits_btv, cache
+
+def unstack_blocks(graphdef: nnx.GraphDef, state: nnx.State) -> tuple[nnx.GraphDef, nnx.State]:
+    """The same model with its block stack stored as one module per layer: the decode layout.
+
+    Inside a scan, XLA:CPU copies each layer's slice out of a stacked weight before using it: a
+    third of a batch-1 decode step at the bench shape (8.1 -> 5.8 ms without). Separate arrays are
+    read in place. The layers then run in a Python loop (compile time grows with depth; decoding
+    compiles once) with no remat (nothing is differentiated). Each layer keeps its weights'
+    sharding, less the layers axis.
+    """
+    model = nnx.merge(graphdef, state)
+    blocks_graph, blocks_state = nnx.split(model.blocks)
+    model.blocks = nnx.List([nnx.merge(blocks_graph, jax.tree.map(lambda a: a[i], blocks_state))
+                             for i in range(model.cfg.num_layers)])
+    return nnx.split(model)
 
 
 def forward(graphdef: nnx.GraphDef, state: nnx.State, tokens_bt, positions_bt=None, segment_ids_bt=None, cache=None):

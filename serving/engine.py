@@ -28,7 +28,7 @@ from jax.sharding import NamedSharding
 from configs.base import ModelConfig
 from model.attention import KVCache
 from model.sharding import logical_to_spec
-from model.transformer import forward
+from model.transformer import forward, unstack_blocks
 from serving.sampling import Sampled, SamplingRows, sample
 
 MAX_STOP_IDS = 4  # stop ids per request, <eos> among them
@@ -90,24 +90,30 @@ def _stopped(tokens_b, remaining_b, positions_b, stop_ids_bs, cache_len):
 class Engine:
     def __init__(self, cfg: ModelConfig, graphdef: nnx.GraphDef, state: nnx.State, mesh: jax.sharding.Mesh,
                  slots: int, cache_len: int, eos_id: int, real_vocab: int):
-        self.cfg, self.graphdef, self.state, self.mesh = cfg, graphdef, state, mesh
+        self.cfg, self.mesh = cfg, mesh
+        # One module per layer (see `unstack_blocks`): XLA:CPU copies each layer's slice out of a stacked
+        # weight before using it, which took a third of a batch-1 step.
+        self.graphdef, state = unstack_blocks(graphdef, state)
+        # The weights travel as a flat list of arrays: jit flattens that in C++, where an nnx.State
+        # costs Python calls per leaf on every step.
+        self.weights, self._weights_def = jax.tree.flatten(state)
         self.slots, self.cache_len, self.eos_id, self.real_vocab = slots, cache_len, eos_id, real_vocab
         self.buckets = buckets(cache_len)
         # Slots split over the data axes, kv heads over `tensor` where they can (see LOGICAL_RULES).
         cache_spec = logical_to_spec(("layers", "batch", "length", "kv", "head_dim"))
         self._cache_sharding = NamedSharding(mesh, cache_spec)
-        self._prefill = jax.jit(self._prefill_fn, static_argnums=0)
+        self._prefill = jax.jit(self._prefill_fn)
         self._insert = jax.jit(self._insert_fn, donate_argnums=0)
-        self._step = jax.jit(self._step_fn, static_argnums=0, donate_argnums=2)
+        self._step = jax.jit(self._step_fn, donate_argnums=1)
         self.decode_state = self._empty_state()
 
     # ---- the jitted programs ------------------------------------------------------------------
-    def _prefill_fn(self, graphdef, state, tokens_1t, length, rows: SamplingRows, remaining, stop_ids_s):
+    def _prefill_fn(self, weights, tokens_1t, length, rows: SamplingRows, remaining, stop_ids_s):
         bucket = tokens_1t.shape[1]
         positions_1t = jnp.arange(bucket, dtype=jnp.int32)[None]
         segments_1t = (positions_1t < length).astype(jnp.int32)
         cache = KVCache.init(self.cfg, 1, bucket)
-        logits_1tv, cache = forward(graphdef, state, tokens_1t, positions_1t, segments_1t, cache)
+        logits_1tv, cache = forward(self.graphdef, self._state(weights), tokens_1t, positions_1t, segments_1t, cache)
         first = sample(logits_1tv[:, length - 1], rows, jnp.reshape(length, (1,)))
         return Prefix(k=cache.k, v=cache.v, length=length, first=first, rows=rows, remaining=remaining,
                       stop_ids=stop_ids_s)
@@ -133,9 +139,9 @@ class Engine:
             rows=rows,
         )
 
-    def _step_fn(self, graphdef, state, decode: DecodeState, live_b):
+    def _step_fn(self, weights, decode: DecodeState, live_b):
         active_b = decode.active & live_b
-        logits_b1v, cache = forward(graphdef, state, decode.tokens[:, None], decode.positions[:, None],
+        logits_b1v, cache = forward(self.graphdef, self._state(weights), decode.tokens[:, None], decode.positions[:, None],
                                     active_b[:, None].astype(jnp.int32), decode.cache)
         out = sample(logits_b1v[:, 0], decode.rows, decode.positions + 1)
         remaining_b = decode.remaining - active_b
@@ -148,6 +154,9 @@ class Engine:
             active=active_b & ~stopped_b,
         )
         return decode, (out, active_b, stopped_b)
+
+    def _state(self, weights: list[jax.Array]) -> nnx.State:
+        return jax.tree.unflatten(self._weights_def, weights)
 
     # ---- host side ----------------------------------------------------------------------------
     def _empty_state(self) -> DecodeState:
@@ -188,7 +197,7 @@ class Engine:
         tokens[0, : prompt.size] = prompt
         rows, stop = self.rows_for(params)
         with jax.set_mesh(self.mesh):
-            return self._prefill(self.graphdef, self.state, tokens, np.int32(prompt.size), rows,
+            return self._prefill(self.weights, tokens, np.int32(prompt.size), rows,
                                  np.int32(params.max_tokens - 1), stop)
 
     def insert(self, prefix: Prefix, slot: int) -> None:
@@ -198,7 +207,7 @@ class Engine:
     def step(self, live: np.ndarray):
         """Dispatch one step for every slot; returns (Sampled, active, stopped), still on the device."""
         with jax.set_mesh(self.mesh):
-            self.decode_state, out = self._step(self.graphdef, self.state, self.decode_state, np.asarray(live, bool))
+            self.decode_state, out = self._step(self.weights, self.decode_state, np.asarray(live, bool))
         return out
 
     def warm_up(self) -> None:

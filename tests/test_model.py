@@ -11,6 +11,7 @@ from flax import nnx
 from model.attention import KVCache, grouped_attention
 from model.loss import cross_entropy
 from model.sharding import LOGICAL_RULES
+from model.transformer import unstack_blocks
 from tests.helpers import build, jit_forward, small_model_config
 
 VARIANTS = {
@@ -134,16 +135,21 @@ def test_a_query_that_may_see_no_key_gets_finite_output_and_gradients():
     np.testing.assert_allclose(out[0, 0], jnp.repeat(v[0, 0], 2, axis=0), rtol=1e-6)  # its one key's value, per head
 
 
-def test_unrolling_the_layer_scan_changes_nothing_but_speed():
+def test_unrolled_scan_and_per_layer_decode_layout_change_nothing_but_speed():
     tokens = random_tokens(6, (2, 12), small_model_config())
     results = []
-    for unroll in (1, 2):
+    for unroll, unstack in ((1, False), (2, False), (1, True)):
         cfg = small_model_config(scan_unroll=unroll)
         graphdef, state = build(cfg)  # same seed: same weights
+        if unstack:
+            graphdef, state = unstack_blocks(graphdef, state)
+            blocks = nnx.merge(graphdef, state).blocks
+            assert len(blocks) == cfg.num_layers and blocks[0].mlp.down_md.shape == (cfg.mlp_dim, cfg.d_model)
         logits, _ = jit_forward(graphdef, state, tokens)
         _, cache = jit_forward(graphdef, state, tokens[:, :5], None, None, KVCache.init(cfg, 2, 16))
-        results.append((logits, cache.k))
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6), *results)
+        results.append((logits, cache.k, cache.v))
+    for other in results[1:]:
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6), results[0], other)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_tracks_float32_logits():
