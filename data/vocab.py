@@ -97,11 +97,13 @@ class Vocabulary:
         return np.where(ids >= self.audio_offset, AUDIO, np.where(ids >= self.image_offset, IMAGE, TEXT)).astype(np.int8)
 
     # ---- decoding -------------------------------------------------------------------------
-    def decode(self, ids: Sequence[int]) -> list[Segment]:
+    def decode(self, ids: Sequence[int], signals: bool = True) -> list[Segment]:
         """Ids back to segments; <bos>, <eos> and <pad> are dropped, unterminated runs are kept.
 
         Any id decodes: outside a media run, an id with no text piece (a stray code, the unused
-        tail of the id space) reads as <unk>; inside one, ids that are not its codes are dropped."""
+        tail of the id space) reads as <unk>; inside one, ids that are not its codes are dropped.
+        `signals=False` leaves media segments as their codes, without running the codecs (a
+        reply's text, re-read at every token, needs none of the pixels)."""
         ids = [int(i) for i in ids]
         skip = {self.ids[BOS], self.ids[EOS], self.ids["<pad>"]}
         opens = {self.ids["<boi>"]: (self.ids["<eoi>"], IMAGE), self.ids["<boa>"]: (self.ids["<eoa>"], AUDIO)}
@@ -118,7 +120,7 @@ class Vocabulary:
                 end = i + 1
                 while end < len(ids) and ids[end] != close:
                     end += 1
-                segments.append(self._media(np.asarray(ids[i + 1 : end]), modality))
+                segments.append(self._media(np.asarray(ids[i + 1 : end]), modality, signals))
                 i = end + 1
             else:
                 if token not in skip:
@@ -128,12 +130,12 @@ class Vocabulary:
             segments.append(Text(self.text.decode(text_run)))
         return segments
 
-    def _media(self, run: np.ndarray, modality: int) -> Segment:
+    def _media(self, run: np.ndarray, modality: int, signals: bool) -> Segment:
         if modality == IMAGE:
             codes = run[(run >= self.image_offset) & (run < self.audio_offset)] - self.image_offset
-            return Image(pixels=self._signal(self.image, codes), codes=codes)
+            return Image(pixels=self._signal(self.image, codes) if signals else None, codes=codes)
         codes = run[(run >= self.audio_offset) & (run < self.audio_offset + self.audio_codes)] - self.audio_offset
-        return Audio(waveform=self._signal(self.audio, codes), codes=codes)
+        return Audio(waveform=self._signal(self.audio, codes) if signals else None, codes=codes)
 
     @staticmethod
     def _signal(codec: Codec | None, codes: np.ndarray) -> np.ndarray | None:

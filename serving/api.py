@@ -117,12 +117,37 @@ class Choice:
     finish_reason: str | None = None
 
 
+class Handoff:
+    """Events from the scheduler thread into the event loop, one wake-up for a whole step's worth.
+
+    The scheduler delivers a token to every slot at each step; a `call_soon_threadsafe` per token
+    wakes the loop (a write to its self-pipe) 32 times a step at batch 32. Here the first event
+    of a batch schedules one drain and the rest join it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.lock = loop, threading.Lock()
+        self.pending: list[tuple[asyncio.Queue, object]] = []
+
+    def put(self, queue: asyncio.Queue, item) -> None:  # any thread
+        with self.lock:
+            self.pending.append((queue, item))
+            first = len(self.pending) == 1
+        if first:
+            self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:  # the loop's thread
+        with self.lock:
+            pending, self.pending = self.pending, []
+        for queue, item in pending:
+            queue.put_nowait(item)
+
+
 class Generation:
     """The choices of one HTTP request, fed by the scheduler thread into this event loop."""
 
-    def __init__(self, server, prompts: list[Prompt], body):
-        self.server, self.body = server, body
-        self.loop = asyncio.get_running_loop()
+    def __init__(self, server, handoff: Handoff, prompts: list[Prompt], body):
+        self.server, self.handoff, self.body = server, handoff, body
         self.events: asyncio.Queue = asyncio.Queue()
         self.choices: list[Choice] = []
         seed = body.seed if body.seed is not None else secrets.randbits(32)
@@ -136,7 +161,7 @@ class Generation:
 
     def submit(self) -> None:
         for choice in self.choices:
-            emit = (lambda index: lambda event: self.loop.call_soon_threadsafe(self.events.put_nowait, (index, event)))
+            emit = (lambda index: lambda event: self.handoff.put(self.events, (index, event)))
             choice.request = EngineRequest(choice.prompt.ids, choice.prompt.params, emit(choice.index))
             try:
                 self.server.scheduler.submit(choice.request)
@@ -186,7 +211,8 @@ def make_app(server) -> FastAPI:
     """The ASGI app over a `serving.server.Server` (its scheduler, vocabulary, limits and metrics)."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(_):
+    async def lifespan(app_):
+        app_.state.handoff = Handoff(asyncio.get_running_loop())
         # Compile in the background: the port is open at once and /health says 503 until it is done.
         warm_up = threading.Thread(target=server.start, name="warm-up", daemon=True)
         warm_up.start()
@@ -286,7 +312,7 @@ def _with_budget(server, prompts: list[Prompt], max_tokens: int | None, param: s
 
 
 async def _respond(server, request: Request, body, prompts: list[Prompt], chat: bool):
-    generation = Generation(server, prompts, body)
+    generation = Generation(server, request.app.state.handoff, prompts, body)
     generation.submit()
     deadline = time.monotonic() + server.cfg.serve.request_timeout_s
     if body.stream:
@@ -390,7 +416,7 @@ def _completion_logprobs(server, tokens: list[Token], body) -> dict:
     return {
         "tokens": [server.token_text(t.id) for t in tokens],
         "token_logprobs": [t.logprob for t in tokens],
-        "top_logprobs": [{server.token_text(i): lp for i, lp in t.top[:top]} for t in tokens] if top else None,
+        "top_logprobs": [{server.token_text(i): lp for i, lp in t.top(top)} for t in tokens] if top else None,
     }
 
 
@@ -401,7 +427,7 @@ def _chat_logprobs(server, tokens: list[Token], body) -> dict:
         text = server.token_text(token_id)
         return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
 
-    return {"content": [{**entry(t.id, t.logprob), "top_logprobs": [entry(i, lp) for i, lp in t.top[:top]]}
+    return {"content": [{**entry(t.id, t.logprob), "top_logprobs": [entry(i, lp) for i, lp in t.top(top)]}
                         for t in tokens]}
 
 

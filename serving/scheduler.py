@@ -33,7 +33,12 @@ from serving.engine import Engine, SamplingParams
 class Token:
     id: int
     logprob: float
-    top: tuple[tuple[int, float], ...]  # the likeliest alternatives, (id, logprob)
+    top_ids: np.ndarray  # the likeliest alternatives, most likely first (rows of the step's output,
+    top_logprobs: np.ndarray  # left as arrays: most requests never ask for them)
+
+    def top(self, k: int) -> list[tuple[int, float]]:
+        """The `k` likeliest alternatives as (id, logprob)."""
+        return [(int(i), float(lp)) for i, lp in zip(self.top_ids[:k], self.top_logprobs[:k])]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,8 +187,7 @@ class Scheduler:
                 self.metrics.time_per_output_token.observe(now - request.last_token_at)
             self.metrics.tokens_generated.inc()
         request.last_token_at = now
-        top = tuple((int(i), float(lp)) for i, lp in zip(top_ids, top_logprobs))
-        request.emit(Token(token, float(logprob), top))
+        request.emit(Token(token, float(logprob), top_ids, top_logprobs))
 
     def _finish(self, request: Request, event: Finished) -> None:
         if not request.finished:

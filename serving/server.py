@@ -44,7 +44,7 @@ class Server:
 
     # ---- ids -> what a reply shows ------------------------------------------------------------
     def reply_text(self, ids) -> str:
-        return "".join(s.text for s in self.vocab.decode(ids) if isinstance(s, Text))
+        return "".join(s.text for s in self.vocab.decode(ids, signals=False) if isinstance(s, Text))
 
     def token_text(self, token: int) -> str:
         """A token as logprobs show it: its text piece, or <image:N> / <audio:N> for a code."""
