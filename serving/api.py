@@ -144,11 +144,16 @@ class Handoff:
 
 
 class Generation:
-    """The choices of one HTTP request, fed by the scheduler thread into this event loop."""
+    """The choices of one HTTP request, fed by the scheduler thread into this event loop.
+
+    The request timeout is an event too: a timer puts it in the same queue, so waiting for the
+    next token needs no timeout of its own (a task and a timer per token otherwise).
+    """
 
     def __init__(self, server, handoff: Handoff, prompts: list[Prompt], body):
         self.server, self.handoff, self.body = server, handoff, body
         self.events: asyncio.Queue = asyncio.Queue()
+        self.deadline: asyncio.TimerHandle | None = None
         self.choices: list[Choice] = []
         seed = body.seed if body.seed is not None else secrets.randbits(32)
         for prompt in prompts:
@@ -160,6 +165,8 @@ class Generation:
                 self.choices.append(choice)
 
     def submit(self) -> None:
+        timeout = self.server.cfg.serve.request_timeout_s
+        self.deadline = asyncio.get_running_loop().call_later(timeout, self.events.put_nowait, (None, None))
         for choice in self.choices:
             emit = (lambda index: lambda event: self.handoff.put(self.events, (index, event)))
             choice.request = EngineRequest(choice.prompt.ids, choice.prompt.params, emit(choice.index))
@@ -171,6 +178,8 @@ class Generation:
                                kind="rate_limit_error", headers={"Retry-After": "1"}) from None
 
     def cancel(self, reason: str = "cancelled") -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
         for choice in self.choices:
             if choice.request is not None and not choice.request.finished:
                 self.server.scheduler.cancel(choice.request, reason)
@@ -179,6 +188,8 @@ class Generation:
         """The next event as (choice, new text, finished?), or None for a token that came after its
         choice stopped (it was in flight when a stop string ended the choice)."""
         index, event = await self.events.get()
+        if index is None:
+            raise _timed_out(self.server)
         choice = self.choices[index]
         if isinstance(event, Token):
             if choice.finish_reason is not None or choice.stream.stopped:
@@ -314,25 +325,25 @@ def _with_budget(server, prompts: list[Prompt], max_tokens: int | None, param: s
 async def _respond(server, request: Request, body, prompts: list[Prompt], chat: bool):
     generation = Generation(server, request.app.state.handoff, prompts, body)
     generation.submit()
-    deadline = time.monotonic() + server.cfg.serve.request_timeout_s
     if body.stream:
-        return StreamingResponse(_stream(server, generation, body, chat, deadline), media_type="text/event-stream",
+        return StreamingResponse(_stream(server, generation, body, chat), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-    disconnect = asyncio.ensure_future(_until_disconnect(request))
-    try:
+
+    async def collect() -> None:
         finished = 0
         while finished < len(generation.choices):
-            get = asyncio.ensure_future(generation.next())
-            timeout = deadline - time.monotonic()
-            done, _ = await asyncio.wait({get, disconnect}, timeout=max(timeout, 0),
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if get not in done:
-                get.cancel()
-                if disconnect in done:
-                    return Response(status_code=499)  # nobody is listening; the slot is freed below
-                raise _timed_out(server)
-            finished += get.result() is not None and get.result()[2]
+            event = await generation.next()  # raises ApiError on a timeout or a failed generation
+            finished += event is not None and event[2]
+
+    collecting = asyncio.ensure_future(collect())
+    disconnect = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait({collecting, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+        if not collecting.done():
+            return Response(status_code=499)  # nobody is listening; the slot is freed below
+        collecting.result()
     finally:
+        collecting.cancel()
         disconnect.cancel()
         generation.cancel()
     choices = [_choice_body(server, c, body, chat) for c in generation.choices]
@@ -341,7 +352,7 @@ async def _respond(server, request: Request, body, prompts: list[Prompt], chat: 
             "choices": choices, "usage": generation.usage()}
 
 
-async def _stream(server, generation: Generation, body, chat: bool, deadline: float) -> AsyncIterator[str]:
+async def _stream(server, generation: Generation, body, chat: bool) -> AsyncIterator[str]:
     """SSE: a chunk per token that releases text (chat starts with the role), a chunk per finished
     choice with its finish_reason, optionally the usage, then [DONE]. A disconnect cancels here."""
     ident, created = _id(chat), int(time.time())
@@ -360,9 +371,8 @@ async def _stream(server, generation: Generation, body, chat: bool, deadline: fl
         finished = 0
         while finished < len(generation.choices):
             try:
-                event = await asyncio.wait_for(generation.next(), max(deadline - time.monotonic(), 0))
-            except (asyncio.TimeoutError, ApiError) as failure:  # the status line is sent: report in the stream
-                error = failure if isinstance(failure, ApiError) else _timed_out(server)
+                event = await generation.next()
+            except ApiError as error:  # a timeout or a failed generation; the status line is sent: report in the stream
                 body_ = {"message": error.message, "type": error.kind, "param": error.param, "code": error.code}
                 yield f"data: {json.dumps({'error': body_})}\n\n"
                 return

@@ -167,7 +167,7 @@ class Scheduler:
 
     def _deliver(self, out, occupants: list[Request | None]) -> None:
         sampled, active, stopped = jax.device_get(out)
-        for slot, request in enumerate(occupants):
+        for slot, request in enumerate(occupants[: len(active)]):  # the step's width: every slot in use
             if request is None or not active[slot] or request.finished:
                 continue
             token = int(sampled.tokens[slot])

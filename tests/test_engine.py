@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from serving.engine import buckets
+from serving.engine import SamplingParams, buckets, widths
 from serving.sampling import SamplingRows, sample
 from serving.text_stream import TextStream
 from tests.helpers import jit_forward
@@ -58,6 +58,40 @@ def run_alone(engine, prompt, max_tokens: int, **params) -> list[int]:
 def test_buckets_are_powers_of_two_up_to_the_cache_length():
     assert buckets(128) == (16, 32, 64, 128)
     assert buckets(100) == (16, 32, 64, 100)
+
+
+def test_step_widths_are_the_data_shards_times_powers_of_two_up_to_the_slots():
+    assert widths(32, 1) == (1, 2, 4, 8, 16, 32)
+    assert widths(6, 2) == (2, 4, 6)
+
+
+def test_a_step_decodes_only_the_slots_up_to_the_last_one_in_use_and_leaves_the_rest(engine):
+    prefix = engine.prefill(prompt_of(6, seed=2), SamplingParams(max_tokens=10))
+    engine.insert(prefix, 2)
+    engine.insert(prefix, 0)
+    try:
+        before = jax.device_get(engine.decode_state.positions)
+        live = np.array([True, False, False, False])
+        _, active, _ = jax.device_get(engine.step(live))
+        assert len(active) == 1 and active[0]  # width 1: slot 0 alone
+        after = jax.device_get(engine.decode_state.positions)
+        assert after[0] == before[0] + 1 and after[2] == before[2]  # slot 2 was not stepped
+        live[2] = True
+        sampled, active, _ = jax.device_get(engine.step(live))
+        assert len(active) == 4 and list(active) == [True, False, True, False]
+        assert sampled.tokens[2] == prefix_next_token(engine, prefix)  # slot 2 resumes where it was left
+    finally:
+        engine.decode_state = engine._empty_state()
+
+
+def prefix_next_token(engine, prefix) -> int:
+    """The token a prefix's slot decodes at its first step, from a fresh state at full width."""
+    saved = engine.decode_state
+    engine.decode_state = engine._empty_state()
+    engine.insert(prefix, engine.slots - 1)
+    sampled, _, _ = jax.device_get(engine.step(np.arange(engine.slots) == engine.slots - 1))
+    engine.decode_state = saved
+    return int(sampled.tokens[-1])
 
 
 @pytest.mark.parametrize("length", [1, 7, 16, 40])
@@ -203,6 +237,25 @@ def test_streamed_text_joins_to_the_whole_decode_when_no_stop_string_appears():
     stream = TextStream(decode, stop=["red circle!"])
     released = "".join(stream.push(i) for i in range(len(pieces))) + stream.finish()
     assert released == "a red circle" and not stream.stopped
+
+
+def test_streamed_text_decodes_a_short_window_per_token_and_joins_to_the_whole_decode():
+    """SentencePiece-like: a reply's first piece loses its leading space; a character split over
+    two byte pieces shows as U+FFFD until both are in."""
+    pieces = ["\u2581a", "\u2581red", "\u2581ci", "rcle", "\u2581", "<e2>", "<9c><93>", "\u2581ok"]
+    calls = []
+
+    def decode(ids):
+        calls.append(len(ids))
+        raw = "".join(pieces[i] for i in ids)
+        raw = raw.replace("<e2><9c><93>", "\u2713").replace("<e2>", "\ufffd").replace("<9c><93>", "\ufffd")
+        return raw.replace("\u2581", " ").removeprefix(" ")
+
+    stream = TextStream(decode)
+    released = [stream.push(i) for i in range(len(pieces))]
+    assert max(calls) <= 3, "each token should decode a window of a few ids, not the whole reply"
+    assert "".join(released) + stream.finish() == decode(range(len(pieces))) == "a red circle \u2713 ok"
+    assert released[5] == ""  # half of the check mark waits for its other half
 
 
 # ---- tensor-parallel decoding ----------------------------------------------------------------
