@@ -8,9 +8,12 @@ prefill), reading each step's tokens back one step behind as the scheduler does;
 three runs. Greedy rows (the step runs the sampling code for every row either way).
 Prints JSON lines:
   - the roofline, measured in this run: the matmul peak, and the time to read an array the size
-    of the weights once (model/hardware.py), which bounds a batch-1 step from below;
+    of the weights once (model/hardware.py, best of 10), which bounds a batch-1 step from below;
   - per batch: prefill tokens/s, decode tokens/s, the decode step's median seconds and its ratio
-    to the weight-read time, and end-to-end tokens/s (prefill + decode, as HF's generate() counts);
+    to the weight-read time, and end-to-end tokens/s (prefill + decode, as HF's generate() counts).
+    The ratio sets like beside like: the step's median against the median of 20 weight reads
+    timed just before that batch's run (this machine's speed drifts by tens of percent between
+    minutes, so a read timed at start-up, or a best set against a median, misstates it);
   - `--naive`: the straightforward loop (jit(forward) per token, cache not donated, logits brought
     to the host and argmax'ed there), to show what the engine's levers are worth;
   - `--vs-hf` (the `bench` extra): HF transformers' generate() on the same shape in PyTorch, greedy,
@@ -137,13 +140,14 @@ def main() -> None:
         engine = Engine(cfg, graphdef, state, mesh, slots=batch, cache_len=args.prompt + args.new, eos_id=EOS,
                         real_vocab=cfg.vocab_size)
         engine.warm_up()
+        read_s = read_seconds(weight_bytes, repeats=20, statistic=statistics.median)
         run = engine_runs(engine, prompts, args.new)
         decode_tokens = batch * (args.new - 1)
         result = {"bench": "decode", "batch": batch, "prompt": args.prompt, "new_tokens": args.new,
                   "prefill_tokens_per_s": round(batch * args.prompt / run["prefill_s"], 1),
                   "decode_tokens_per_s": round(decode_tokens / run["decode_s"], 1),
                   "step_s": round(run["step_s"], 5),
-                  "step_over_weight_read": round(run["step_s"] / roofline["weight_read_s"], 2),
+                  "weight_read_s": round(read_s, 5), "step_over_weight_read": round(run["step_s"] / read_s, 2),
                   "end_to_end_tokens_per_s": round(batch * args.new / (run["prefill_s"] + run["decode_s"]), 1)}
         if args.naive:
             naive_run(cfg, graphdef, state, prompts, 4)
