@@ -362,15 +362,21 @@ def test_the_api_key_guards_every_route_but_health(live):
         live.server.api_key = None
 
 
-def test_a_request_over_its_time_limit_gets_504_and_frees_its_slot(live, monkeypatch):
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_over_its_time_limit_gets_a_timeout_error_and_frees_its_slot(live, stream, monkeypatch):
     step = live.server.engine.step
     monkeypatch.setattr(live.server.engine, "step", lambda live_slots: (time.sleep(0.01), step(live_slots))[1])
     live.server.cfg = replace_serve(SERVE_CFG, request_timeout_s=0.2)  # 100 tokens take over 1 s
     try:
-        status, _, reply = live.post(COMPLETE, {"prompt": "a", "max_tokens": 100, "temperature": 0})
+        status, _, reply = live.post(COMPLETE, {"prompt": "a", "max_tokens": 100, "temperature": 0, "stream": stream})
     finally:
         live.server.cfg = SERVE_CFG
-    assert status == 504 and reply["error"]["code"] == "timeout"
+    if stream:  # the status line went out with the first chunk: the error is the stream's last event
+        assert status == 200
+        last = json.loads([line for line in reply.split("\n\n") if line.startswith("data: {")][-1][len("data: "):])
+        assert last["error"]["code"] == "timeout"
+    else:
+        assert status == 504 and reply["error"]["code"] == "timeout"
     live.wait_idle()
 
 
