@@ -53,6 +53,7 @@ def main() -> None:
         sys.exit(f"serve.py: {error}")
     server = make_server(cfg, vocab, graphdef, params, mesh, api_key=flags.api_key,
                          allowed_image_hosts=tuple(flags.allow_image_host))
+    del params  # the engine keeps its own copy, one array per layer: the stacked one would double the memory
     uvicorn.run(make_app(server), host=cfg.serve.host, port=cfg.serve.port, log_level="info")
 
 
