@@ -2,9 +2,9 @@
 
 The stack is built with `nnx.vmap` (every parameter gains a leading `layers` axis) and applied
 with `jax.lax.scan`, so compile time does not grow with depth (`model.scan_unroll` unrolls a
-shallow stack, for speed). The block body is wrapped in
-`jax.checkpoint` with the config's named remat policy. The serving engine stores the stack as one
-module per layer instead (`unstack_blocks`), which decodes faster on CPU.
+shallow stack, for speed). The block body is wrapped in `jax.checkpoint` with the config's named
+remat policy. The serving engine stores the stack as one module per layer instead
+(`unstack_blocks`), which decodes faster on CPU.
 """
 
 from __future__ import annotations
