@@ -7,6 +7,9 @@ Stages, in order (`--stage all` runs the tokenizers when they are missing, then 
               held-out evals (training/evaluate.py); re-running resumes
 Then a summary of the run: its last losses and eval accuracies, and the wall-clock time.
 
+`--compile-only --topology v5p-1024` compiles the real train step for a TPU slice on this machine
+and reports per-chip HBM, FLOPs, the step-time bound and the MFU ceiling (training/compile_only.py).
+
 Several hosts: run the same command on every host. On a Cloud TPU VM pod (or under Slurm / Open MPI)
 jax finds the other processes itself; elsewhere name them, e.g. two processes on one machine:
   python train.py --stage lm --coordinator localhost:1234 --num-processes 2 --process-id 0 &
@@ -25,8 +28,10 @@ from pathlib import Path
 import jax
 
 from configs.cli import parse
+from model.aot import compile_on_cpu, compile_only
 from model.host_memory import reuse_freed_memory
 from model.sharding import make_mesh
+from training.compile_only import compile_train_step
 from training.lm_stage import train_lm
 from training.tokenizer_stage import load_vocabulary, tokenizers_exist, train_tokenizers
 
@@ -36,6 +41,10 @@ FLAGS = {
     "--coordinator": dict(default=None, help="multi-host without cluster detection: host:port of process 0"),
     "--num-processes": dict(type=int, default=None, help="multi-host without cluster detection: how many"),
     "--process-id": dict(type=int, default=None, help="multi-host without cluster detection: this one's index"),
+    "--topology": dict(default=None, help="a TPU slice, e.g. v5p-1024, v5e-256, `2x v5e-256`: its planned mesh, "
+                                          "remat and batch (configs/<preset>.py); with --compile-only, compile for it"),
+    "--compile-only": dict(action="store_true", help="compile the train step for --topology (needs the `tpu` extra), "
+                                                     "print per-chip memory and FLOPs, run nothing"),
 }
 
 
@@ -57,7 +66,10 @@ def join_other_processes(flags) -> None:
 def main() -> None:
     started = time.perf_counter()
     reuse_freed_memory()  # before jax runs anything (model/host_memory.py)
-    cfg, flags = parse(prog="train.py", flags=FLAGS)
+    cfg, flags = parse(prog="train.py", flags=FLAGS, program="train")
+    if flags.compile_only:  # model/aot.py, training/compile_only.py
+        compile_on_cpu()
+        sys.exit(compile_only(compile_train_step, cfg, flags.topology))
     workdir = Path(flags.workdir or f"runs/{cfg.name}")
     join_other_processes(flags)
     try:  # a mesh that does not fit the devices stops here, naming the field, before any work or compile

@@ -189,6 +189,24 @@ class ServeConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PodPlan:
+    """How a preset runs on one named TPU slice: its mesh, and the fields that must change to fit
+    (remat, micro-batches, slots). Checked by compiling for the slice (model/aot.py)."""
+
+    mesh: MeshConfig
+    model: dict = dataclasses.field(default_factory=dict)  # ModelConfig fields
+    data: dict = dataclasses.field(default_factory=dict)
+    train: dict = dataclasses.field(default_factory=dict)
+    serve: dict = dataclasses.field(default_factory=dict)
+
+    def apply(self, cfg: "Config") -> "Config":
+        return dataclasses.replace(
+            cfg, mesh=self.mesh, model=dataclasses.replace(cfg.model, **self.model),
+            data=dataclasses.replace(cfg.data, **self.data), train=dataclasses.replace(cfg.train, **self.train),
+            serve=dataclasses.replace(cfg.serve, **self.serve))
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     name: str
     model: ModelConfig

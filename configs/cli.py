@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Literal
 
 import tyro
 
 from configs import PRESETS, Config, get_config
 
 
-def parse(argv: list[str] | None = None, prog: str | None = None,
-          flags: dict[str, dict] | None = None) -> tuple[Config, argparse.Namespace]:
-    """(config, the script's own flags). `flags` maps e.g. "--workdir" to argparse keyword arguments."""
+def parse(argv: list[str] | None = None, prog: str | None = None, flags: dict[str, dict] | None = None,
+          program: Literal["train", "serve"] = "train") -> tuple[Config, argparse.Namespace]:
+    """(config, the script's own flags). `flags` maps e.g. "--workdir" to argparse keyword arguments.
+
+    A script flag `--topology` picks the preset's plan for that TPU slice (its `program`'s), under
+    the overrides."""
     argv = sys.argv[1:] if argv is None else list(argv)
     own = argparse.ArgumentParser(add_help=False, prog=prog)
     own.add_argument("--config", default="tiny", help=f"preset: one of {sorted(PRESETS)}")
@@ -30,5 +34,6 @@ def parse(argv: list[str] | None = None, prog: str | None = None,
     script_flags = "; ".join(f"{flag}: {kwargs.get('help', '')}" for flag, kwargs in (flags or {}).items())
     description = (f"Preset {known.config!r} (choose with --config: {', '.join(PRESETS)}); every field below "
                    f"overrides it. {script_flags}")
-    cfg = tyro.cli(Config, default=get_config(known.config), args=rest, prog=prog, description=description)
+    default = get_config(known.config, getattr(known, "topology", None), program)
+    cfg = tyro.cli(Config, default=default, args=rest, prog=prog, description=description)
     return cfg, known

@@ -31,6 +31,7 @@ from data.vocab import Vocabulary
 from model.sharding import logical_to_spec
 
 FEATURES = ("inputs", "targets", "loss_mask", "modality")
+BATCH_FIELDS = FEATURES + ("segment_ids", "positions")  # what a packed batch holds: int32 [rows, seq_len] each
 
 
 @dataclasses.dataclass

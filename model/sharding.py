@@ -83,14 +83,22 @@ def state_shardings(abstract_state: nnx.State, mesh: Mesh):
     return jax.tree.map(sharding, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def init_sharded(make_module: Callable[[], nnx.Module], mesh: Mesh) -> tuple[nnx.GraphDef, nnx.State]:
-    """Build a module with every parameter created directly in its shard: no full copy on any device."""
+def _sharded_initializer(make_module: Callable[[], nnx.Module], mesh: Mesh):
     graphdef, abstract_state = nnx.split(nnx.eval_shape(make_module))
     shardings = state_shardings(abstract_state, mesh)
+    return graphdef, jax.jit(lambda: nnx.split(make_module())[1], out_shardings=shardings)
 
-    def init():
-        return nnx.split(make_module())[1]
 
+def init_sharded(make_module: Callable[[], nnx.Module], mesh: Mesh) -> tuple[nnx.GraphDef, nnx.State]:
+    """Build a module with every parameter created directly in its shard: no full copy on any device."""
+    graphdef, init = _sharded_initializer(make_module, mesh)
     with jax.set_mesh(mesh):
-        state = jax.jit(init, out_shardings=shardings)()
+        state = init()
     return graphdef, state
+
+
+def abstract_sharded(make_module: Callable[[], nnx.Module], mesh: Mesh) -> tuple[nnx.GraphDef, nnx.State]:
+    """The same module's state as shapes, dtypes and shardings only: no memory on any device, so it
+    stands for a pod-sized model, and for compile-only devices that run nothing (model/topologies.py)."""
+    graphdef, init = _sharded_initializer(make_module, mesh)
+    return graphdef, jax.eval_shape(init)

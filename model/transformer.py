@@ -16,7 +16,7 @@ from flax import nnx
 from configs.base import ModelConfig
 from model.attention import Attention, KVCache, write_positions
 from model.layers import DENSE_OUTPUT, Embedding, GatedMLP, RMSNorm, dense, param
-from model.sharding import constrain, init_sharded
+from model.sharding import abstract_sharded, constrain, init_sharded
 
 _policies = jax.checkpoint_policies
 # `dense` products are dots without batch dims that the dots policies cannot see (a custom VJP), so
@@ -164,3 +164,8 @@ def forward(graphdef: nnx.GraphDef, state: nnx.State, tokens_bt, positions_bt=No
 def init_model(cfg: ModelConfig, mesh: jax.sharding.Mesh, seed: int = 0) -> tuple[nnx.GraphDef, nnx.State]:
     """The decoder's parameters, created directly in their shards on `mesh`."""
     return init_sharded(lambda: Transformer(cfg, rngs=nnx.Rngs(seed)), mesh)
+
+
+def abstract_model(cfg: ModelConfig, mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, nnx.State]:
+    """`init_model`'s result as shapes with shardings: what a compile for a pod starts from."""
+    return abstract_sharded(lambda: Transformer(cfg, rngs=nnx.Rngs(0)), mesh)

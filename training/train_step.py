@@ -35,17 +35,21 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     )
 
 
+def opt_state_shardings(tx: optax.GradientTransformation, params: nnx.State, mesh: Mesh):
+    """Each moment split like the parameter it tracks; counts replicated. `params` may be abstract."""
+    return optax.tree_utils.tree_map_params(
+        tx, lambda _, sharding: sharding, jax.eval_shape(tx.init, params), jax.tree.map(lambda p: p.sharding, params),
+        transform_non_params=lambda _: NamedSharding(mesh, PartitionSpec()))
+
+
 def init_opt_state(tx: optax.GradientTransformation, params: nnx.State, mesh: Mesh):
-    """The optimizer state, each moment split like the parameter it tracks; counts replicated.
+    """The optimizer state, laid out by `opt_state_shardings`.
 
     A bare `jax.jit(tx.init)` replicates all of it: zeros depend on no input, so nothing tells XLA
     where they go (Adam's two moments in full on every device, and a second compile at step 2 when
     the step hands them back split).
     """
-    shardings = optax.tree_utils.tree_map_params(
-        tx, lambda _, sharding: sharding, jax.eval_shape(tx.init, params), jax.tree.map(lambda p: p.sharding, params),
-        transform_non_params=lambda _: NamedSharding(mesh, PartitionSpec()))
-    return jax.jit(tx.init, out_shardings=shardings)(params)
+    return jax.jit(tx.init, out_shardings=opt_state_shardings(tx, params, mesh))(params)
 
 
 def loss_and_metrics(graphdef: nnx.GraphDef, params: nnx.State, batch: dict, z_loss_weight: float):

@@ -1,0 +1,171 @@
+"""Compile a jitted program for a TPU topology without one, and report what one chip holds and does.
+
+The compiled executable's memory analysis is the TPU compiler's own per-chip account (the
+program after SPMD partitioning is one chip's), and its cost analysis counts that chip's FLOPs
+and HBM bytes. From the chip's documented peaks follow a lower bound on the step time and a
+ceiling on MFU. A program that does not fit fails to compile; `DoesNotFit` says so with the
+compiler's figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+from typing import Callable
+
+import jax
+
+from configs.base import Config
+from model.topologies import GiB, Topology, parse_topology
+
+SPARE_WANTED = 0.10  # each preset's plan keeps at least this share of HBM free
+
+
+class DoesNotFit(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class ChipReport:
+    """One compiled program on one chip of `topology`."""
+
+    preset: str
+    program: str  # "train step" or "decode step"
+    topology: str
+    chips: int
+    mesh: dict
+    argument_bytes: int  # inputs resident on the chip: parameters, optimizer state, batch or cache
+    output_bytes: int
+    alias_bytes: int  # outputs written into donated inputs: counted once
+    temp_bytes: int  # the compiler's scratch (the TPU compiler reports it only within the peak)
+    code_bytes: int
+    peak_bytes: int  # the compiler's peak HBM use over the program, everything above included
+    hbm_bytes: int  # the chip's capacity
+    compiler_flops: float  # per chip per step, from the compiler's cost analysis
+    analytic_flops: float  # per chip per step, from the model's arithmetic (model/costs.py)
+    hbm_traffic_bytes: float  # bytes the step moves through HBM, from the cost analysis
+    peak_flops: float
+    hbm_bytes_per_s: float
+
+    @property
+    def total_bytes(self) -> int:
+        listed = self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
+        return max(self.peak_bytes, listed)
+
+    @property
+    def scratch_bytes(self) -> int:
+        """Activations, gradients, collectives' buffers: the peak less what is resident throughout."""
+        return self.total_bytes - self.argument_bytes - (self.output_bytes - self.alias_bytes) - self.code_bytes
+
+    @property
+    def spare(self) -> float:
+        return 1 - self.total_bytes / self.hbm_bytes
+
+    @property
+    def fits_with_margin(self) -> bool:
+        return self.spare >= SPARE_WANTED
+
+    @property
+    def step_lower_bound_s(self) -> float:
+        """No faster than the chip's peak FLOP/s or its HBM bandwidth allows, whichever binds."""
+        return max(self.compiler_flops / self.peak_flops, self.hbm_traffic_bytes / self.hbm_bytes_per_s)
+
+    @property
+    def mfu_ceiling(self) -> float:
+        """The model's FLOPs over what the chip could do in the lower-bound time: recompute (remat),
+        extra elementwise work and a memory-bound step all pull it below 1."""
+        return self.analytic_flops / (self.step_lower_bound_s * self.peak_flops)
+
+    def as_json(self) -> dict:
+        fields = dataclasses.asdict(self)
+        gib = lambda n: round(n / GiB, 3)  # noqa: E731
+        return {
+            "preset": self.preset, "program": self.program, "topology": self.topology, "chips": self.chips,
+            "mesh": self.mesh,
+            "per_chip_gib": {"arguments": gib(self.argument_bytes), "outputs_not_aliased": gib(self.output_bytes - self.alias_bytes),
+                             "temporaries": gib(self.scratch_bytes), "code": gib(self.code_bytes), "total": gib(self.total_bytes),
+                             "capacity": gib(self.hbm_bytes)},
+            "spare": round(self.spare, 3), "fits_with_margin": self.fits_with_margin,
+            "flops_per_chip": {"compiler": fields["compiler_flops"], "analytic": fields["analytic_flops"]},
+            "step_lower_bound_s": round(self.step_lower_bound_s, 6), "mfu_ceiling": round(self.mfu_ceiling, 3),
+        }
+
+    def table(self) -> str:
+        """A human-readable account, for the command line."""
+        used = self.total_bytes / GiB
+        lines = [
+            f"{self.preset} {self.program} on {self.topology} ({self.chips} chips), mesh "
+            + " x ".join(f"{axis} {size}" for axis, size in self.mesh.items() if size > 1),
+            f"  per chip HBM: {self.argument_bytes / GiB:.2f} GiB arguments + {self.scratch_bytes / GiB:.2f} GiB temporaries"
+            f" + {(self.output_bytes - self.alias_bytes + self.code_bytes) / GiB:.2f} GiB outputs and code"
+            f" = {used:.2f} of {self.hbm_bytes / GiB:.2f} GiB ({self.spare:.0%} spare)",
+            f"  FLOPs per chip per step: {self.compiler_flops:.4g} (compiler), {self.analytic_flops:.4g} (analytic)",
+            f"  step time >= {self.step_lower_bound_s * 1e3:.2f} ms at {self.peak_flops / 1e12:.0f} TFLOP/s and "
+            f"{self.hbm_bytes_per_s / 1e12:.2f} TB/s; MFU ceiling {self.mfu_ceiling:.1%}",
+        ]
+        return "\n".join(lines)
+
+
+_NEEDED = re.compile(r"\(([\d.]+)([KMGT])\) exceeds available HBM \(([\d.]+)([KMGT])\)")
+
+
+def compile_for(lowered: jax.stages.Lowered, *, preset: str, program: str, topology: Topology, mesh: jax.sharding.Mesh,
+                analytic_flops_per_chip: float) -> ChipReport:
+    """Compile `lowered` (traced with shardings on `topology`'s devices) and account for one chip.
+
+    Raises DoesNotFit, naming the preset, the program and the memory, when the compiler runs out
+    of HBM; a program that compiles but leaves less than `SPARE_WANTED` free says so in its report.
+    """
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as error:
+        message = str(error)
+        if "RESOURCE_EXHAUSTED" not in message:
+            raise
+        needed = _NEEDED.search(message)
+        amount = (f"it needs {needed[1]}{needed[2]}iB of temporaries alone, against {needed[3]}{needed[4]}iB usable"
+                  if needed else "the compiler ran out of HBM")
+        raise DoesNotFit(f"{preset} {program} does not fit {topology.name} ({topology.hbm_bytes / GiB:.1f} GiB HBM a chip): "
+                         f"{amount}. Compiler: {message.splitlines()[0][:400]}") from None
+    memory = compiled.memory_analysis()
+    costs = compiled.cost_analysis()
+    costs = costs[0] if isinstance(costs, (list, tuple)) else costs
+    report = ChipReport(
+        preset=preset, program=program, topology=topology.name, chips=topology.chips, mesh=dict(mesh.shape),
+        argument_bytes=memory.argument_size_in_bytes, output_bytes=memory.output_size_in_bytes,
+        alias_bytes=memory.alias_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
+        code_bytes=memory.generated_code_size_in_bytes, peak_bytes=getattr(memory, "peak_memory_in_bytes", 0),
+        hbm_bytes=topology.hbm_bytes,
+        compiler_flops=float(costs.get("flops", 0.0)), analytic_flops=float(analytic_flops_per_chip),
+        hbm_traffic_bytes=float(costs.get("bytes accessed", 0.0)), peak_flops=topology.chip.peak_bf16_flops,
+        hbm_bytes_per_s=topology.chip.hbm_bytes_per_s,
+    )
+    return report
+
+
+def compile_only(compile_program: Callable[[Config, Topology], ChipReport], cfg: Config, topology_name: str | None) -> int:
+    """The scripts' `--compile-only`: compile for the topology, print the report; the exit status
+    says whether the program fits with `SPARE_WANTED` of HBM to spare."""
+    if not topology_name:
+        print("--compile-only needs --topology, e.g. --topology v5e-16", file=sys.stderr)
+        return 2
+    try:
+        report = compile_program(cfg, parse_topology(topology_name))
+    except (ValueError, RuntimeError) as error:  # a bad name, libtpu missing, a mesh that does not cover it, DoesNotFit
+        print(f"{cfg.name}: {error}", file=sys.stderr)
+        return 1
+    print(report.table())
+    print(json.dumps(report.as_json()))
+    if not report.fits_with_margin:
+        print(f"{cfg.name} {report.program} leaves {report.spare:.0%} of HBM free on {report.topology}, under the "
+              f"{SPARE_WANTED:.0%} wanted", file=sys.stderr)
+        return 1
+    return 0
+
+
+def compile_on_cpu() -> None:
+    """Compile-only runs touch no local device: keep jax off any local accelerator (on a TPU VM,
+    another process may hold the chips). Call before anything initialises a backend."""
+    jax.config.update("jax_platforms", "cpu")
