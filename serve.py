@@ -8,6 +8,9 @@
 
 Binds 127.0.0.1:8000 by default (`--serve.host`, `--serve.port`); every limit is a `--serve.*` flag.
 /health answers 503 until every program is compiled, then 200.
+
+`--compile-only --topology v5p-64` compiles the decode step for a TPU slice on this machine and
+reports per-chip HBM, FLOPs and the step-time bound (serving/compile_only.py).
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from pathlib import Path
 import uvicorn
 
 from configs.cli import parse
+from model.aot import compile_on_cpu, compile_only
 from model.sharding import make_mesh
 from model.transformer import init_model
 from serving.api import make_app
+from serving.compile_only import compile_decode_step
 from serving.server import make_server
 from training.lm_stage import restore_params
 from training.tokenizer_stage import load_vocabulary, tokenizers_exist, untrained_vocabulary
@@ -33,11 +38,18 @@ FLAGS = {
                       help="require `Authorization: Bearer KEY` on every route but /health (default $SERVE_API_KEY)"),
     "--allow-image-host": dict(action="append", default=[],
                                help="a host image_url parts may be fetched from (repeat for more; default none)"),
+    "--topology": dict(default=None, help="a TPU slice, e.g. v5p-64, v5e-16: its planned mesh, slots and cache "
+                                          "(configs/<preset>.py); with --compile-only, compile for it"),
+    "--compile-only": dict(action="store_true", help="compile the decode step for --topology (needs the `tpu` "
+                                                     "extra), print per-chip memory and FLOPs, serve nothing"),
 }
 
 
 def main() -> None:
-    cfg, flags = parse(prog="serve.py", flags=FLAGS)
+    cfg, flags = parse(prog="serve.py", flags=FLAGS, program="serve")
+    if flags.compile_only:  # model/aot.py, serving/compile_only.py
+        compile_on_cpu()
+        sys.exit(compile_only(compile_decode_step, cfg, flags.topology))
     workdir = Path(flags.workdir or f"runs/{cfg.name}")
     try:
         mesh = make_mesh(cfg.mesh)

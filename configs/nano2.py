@@ -1,6 +1,6 @@
 """`nano2`: Gemini Nano-2 size (3.25B parameters). Gemini publishes the count, not the shape: this is ours."""
 
-from configs.base import Config, DataConfig, MeshConfig
+from configs.base import Config, DataConfig, MeshConfig, PodPlan
 from configs.scale import scale_model
 from configs.tokenizers import TokenizersConfig
 
@@ -13,3 +13,15 @@ def config() -> Config:
         tokenizers=TokenizersConfig.for_scale(),
         data=DataConfig(seq_len=2048, global_batch_size=256),
     )
+
+
+# Checked by compiling for each slice (`python bench/pod_fit.py`; README, "Pod scale").
+# Training: as nano1's plan, one row at a time left 3% of HBM free; tensor 2 halves the logits
+# (and the heads and ffn) on each chip, and FSDP 8 x micro-batches of one row per FSDP group fit.
+TRAIN_PLANS = {
+    "v5e-16": PodPlan(mesh=MeshConfig(data=1, fsdp=8, tensor=2), model=dict(remat_policy="full"),
+                      train=dict(grad_accum_steps=32)),
+}
+SERVE_PLANS = {
+    "v5e-1": PodPlan(mesh=MeshConfig(data=1, fsdp=1, tensor=1), serve=dict(slots=16, max_cache_len=8192)),
+}

@@ -52,3 +52,11 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
 def kv_cache_bytes_per_token(cfg: ModelConfig) -> int:
     """Keys and values of every layer, in the compute dtype the cache holds."""
     return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * _BYTES[cfg.compute_dtype]
+
+
+def decode_flops_per_step(cfg: ModelConfig, slots: int, cache_len: int) -> int:
+    """One token for every slot: 2 x every matmul weight (the head's included), plus scores and
+    mixing over the whole cache (the step attends to all of it, masked)."""
+    matmul = cfg.num_layers * layer_matmul_params(cfg) + cfg.vocab_size * cfg.d_model
+    attention = 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim * cache_len
+    return slots * (2 * matmul + attention)

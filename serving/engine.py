@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
-from jax.sharding import NamedSharding
+from jax.sharding import NamedSharding, PartitionSpec
 
 from configs.base import ModelConfig
 from model.attention import KVCache
@@ -106,6 +106,16 @@ def _put_first_slots(decode: DecodeState, part: DecodeState) -> DecodeState:
                                         segment_ids=put(cache.segment_ids, part_cache.segment_ids)))
 
 
+def _in_dtype(weight, dtype: str):
+    """A floating-point matrix in `dtype`, as the model casts it at every use anyway (a shape-only one
+    described so); norm scales keep theirs, for the float32 arithmetic they enter."""
+    if weight.ndim < 2 or not jnp.issubdtype(weight.dtype, jnp.floating) or weight.dtype == dtype:
+        return weight
+    if isinstance(weight, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(weight.shape, jnp.dtype(dtype), sharding=weight.sharding)
+    return weight.astype(dtype)
+
+
 def buckets(cache_len: int) -> tuple[int, ...]:
     """Prompt lengths compiled for: 16, 32, ... up to the cache length (which is always one)."""
     sizes, size = [], SMALLEST_BUCKET
@@ -129,19 +139,25 @@ class Engine:
         # weight before using it, which took a third of a batch-1 step.
         self.graphdef, state = unstack_blocks(graphdef, state)
         # The weights travel as a flat list of arrays: jit flattens that in C++, where an nnx.State
-        # costs Python calls per leaf on every step.
-        self.weights, self._weights_def = jax.tree.flatten(state)
+        # costs Python calls per leaf on every step. They are kept in the compute dtype: float32
+        # parameters in a bfloat16 model would double what every step reads.
+        weights, self._weights_def = jax.tree.flatten(state)
+        self.weights = [_in_dtype(w, cfg.compute_dtype) for w in weights]
+        abstract = isinstance(self.weights[0], jax.ShapeDtypeStruct)  # compile-only: shapes, no memory
         self.slots, self.cache_len, self.eos_id, self.real_vocab = slots, cache_len, eos_id, real_vocab
         self.buckets = buckets(cache_len)
         shards = int(np.prod([mesh.shape[axis] for axis in ("dcn_data", "data", "fsdp") if axis in mesh.shape]))
         self.widths = widths(slots, shards)
         # Slots split over the data axes, kv heads over `tensor` where they can (see LOGICAL_RULES).
         cache_spec = logical_to_spec(("layers", "batch", "length", "kv", "head_dim"))
-        self._cache_sharding = NamedSharding(mesh, cache_spec)
+        cache_sharding, replicated = NamedSharding(mesh, cache_spec), NamedSharding(mesh, PartitionSpec())
         self._prefill = jax.jit(self._prefill_fn)
         self._insert = jax.jit(self._insert_fn, donate_argnums=0)
         self._step = jax.jit(self._step_fn, donate_argnums=1)
-        self.decode_state = self._empty_state()
+        state_shardings = jax.tree.map(lambda _: replicated, jax.eval_shape(self._empty_state_fn))
+        state_shardings = state_shardings.replace(cache=state_shardings.cache.replace(k=cache_sharding, v=cache_sharding))
+        self._empty_state = jax.jit(self._empty_state_fn, out_shardings=state_shardings)
+        self.decode_state = jax.eval_shape(self._empty_state) if abstract else self._empty_state()
 
     # ---- the jitted programs ------------------------------------------------------------------
     def _prefill_fn(self, weights, tokens_1t, length, rows: SamplingRows, remaining, stop_ids_s):
@@ -196,15 +212,17 @@ class Engine:
         return jax.tree.unflatten(self._weights_def, weights)
 
     # ---- host side ----------------------------------------------------------------------------
-    def _empty_state(self) -> DecodeState:
-        b = self.slots
+    def lower_step(self) -> jax.stages.Lowered:
+        """The step for every slot, lowered (compile-only checks: serving/compile_only.py)."""
         with jax.set_mesh(self.mesh):
-            cache = KVCache.init(self.cfg, b, self.cache_len)
-            cache = cache.replace(k=jax.device_put(cache.k, self._cache_sharding),
-                                  v=jax.device_put(cache.v, self._cache_sharding))
-        return DecodeState(cache=cache, tokens=jnp.zeros((b,), jnp.int32), positions=jnp.zeros((b,), jnp.int32),
-                           remaining=jnp.zeros((b,), jnp.int32), stop_ids=jnp.full((b, MAX_STOP_IDS), -1, jnp.int32),
-                           active=jnp.zeros((b,), bool), rows=SamplingRows.zeros(b))
+            return self._step.lower(self.weights, self.decode_state, np.ones(self.slots, bool))
+
+    def _empty_state_fn(self) -> DecodeState:
+        b = self.slots
+        return DecodeState(cache=KVCache.init(self.cfg, b, self.cache_len), tokens=jnp.zeros((b,), jnp.int32),
+                           positions=jnp.zeros((b,), jnp.int32), remaining=jnp.zeros((b,), jnp.int32),
+                           stop_ids=jnp.full((b, MAX_STOP_IDS), -1, jnp.int32), active=jnp.zeros((b,), bool),
+                           rows=SamplingRows.zeros(b))
 
     def bucket_for(self, length: int) -> int:
         for size in self.buckets:
