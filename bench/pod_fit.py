@@ -41,7 +41,7 @@ def markdown(rows: list[dict]) -> str:
              "(XLA / analytic) | step lower bound | MFU ceiling |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['preset']} | {row['program']} | {row['topology']} | | does not fit: {row['error']} |"
+            lines.append(f"| {row['preset']} | {row['program']} | {row['topology']} | | failed: {row['error']} |"
                          " | | | |")
             continue
         mesh = " x ".join(f"{axis} {size}" for axis, size in row["mesh"].items() if size > 1) or "one chip"

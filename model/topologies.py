@@ -87,6 +87,9 @@ class Topology:
         os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{self.chip.generation}-{self.chips_per_slice * (2 if self.chip.counts_cores else 1)}")
         os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
         os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+        # libtpu locks the local chips for one process at a time; compiling touches no chip, and two
+        # compile-only processes (a test beside bench/pod_fit.py) would otherwise abort each other.
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
         shape = self.shape
         per_host = tuple(min(2, n) for n in shape[:2]) + (1,)
         # Links that close into a torus: a 3-D slice's from a 4x4x4 cube up, a 2-D slice's along a full 16-chip row.
