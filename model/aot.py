@@ -1,10 +1,10 @@
 """Compile a jitted program for a TPU topology without one, and report what one chip holds and does.
 
 The compiled executable's memory analysis is the TPU compiler's own per-chip account (the
-program after SPMD partitioning is one chip's), and its cost analysis counts that chip's FLOPs
-and HBM bytes. From the chip's documented peaks follow a lower bound on the step time and a
-ceiling on MFU. A program that does not fit fails to compile; `DoesNotFit` says so with the
-compiler's figures.
+program after SPMD partitioning is one chip's). FLOPs are XLA's count of the program
+(`hlo_flops`), shared evenly by the chips. From the chip's documented peaks follow a lower bound
+on the step time and a ceiling on MFU. A program that does not fit fails to compile;
+`DoesNotFit` says so with the compiler's figures.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class ChipReport:
     code_bytes: int
     peak_bytes: int  # the compiler's peak HBM use over the program, everything above included
     hbm_bytes: int  # the chip's capacity
-    compiler_flops: float  # per chip per step, XLA's count of the program (`hlo_flops`)
+    xla_flops: float  # per chip per step, XLA's count of the program (`hlo_flops`)
     analytic_flops: float  # per chip per step, from the model's arithmetic (model/costs.py)
     peak_flops: float
     hbm_bytes_per_s: float
@@ -70,7 +70,7 @@ class ChipReport:
     def step_lower_bound_s(self) -> float:
         """No faster than the chip's peak FLOP/s allows for the step's FLOPs, nor than its HBM
         bandwidth allows for reading what the chip holds (weights, optimizer state or cache) once."""
-        return max(self.compiler_flops / self.peak_flops, self.argument_bytes / self.hbm_bytes_per_s)
+        return max(self.xla_flops / self.peak_flops, self.argument_bytes / self.hbm_bytes_per_s)
 
     @property
     def mfu_ceiling(self) -> float:
@@ -79,7 +79,6 @@ class ChipReport:
         return self.analytic_flops / (self.step_lower_bound_s * self.peak_flops)
 
     def as_json(self) -> dict:
-        fields = dataclasses.asdict(self)
         gib = lambda n: round(n / GiB, 3)  # noqa: E731
         return {
             "preset": self.preset, "program": self.program, "topology": self.topology, "chips": self.chips,
@@ -88,7 +87,7 @@ class ChipReport:
                              "temporaries": gib(self.scratch_bytes), "code": gib(self.code_bytes), "total": gib(self.total_bytes),
                              "capacity": gib(self.hbm_bytes)},
             "spare": round(self.spare, 3), "fits_with_margin": self.fits_with_margin,
-            "flops_per_chip": {"xla": fields["compiler_flops"], "analytic": fields["analytic_flops"]},
+            "flops_per_chip": {"xla": self.xla_flops, "analytic": self.analytic_flops},
             "step_lower_bound_s": round(self.step_lower_bound_s, 6), "mfu_ceiling": round(self.mfu_ceiling, 3),
         }
 
@@ -101,7 +100,7 @@ class ChipReport:
             f"  per chip HBM: {self.argument_bytes / GiB:.2f} GiB arguments + {self.scratch_bytes / GiB:.2f} GiB temporaries"
             f" + {(self.output_bytes - self.alias_bytes + self.code_bytes) / GiB:.2f} GiB outputs and code"
             f" = {used:.2f} of {self.hbm_bytes / GiB:.2f} GiB ({self.spare:.0%} spare)",
-            f"  FLOPs per chip per step: {self.compiler_flops:.4g} (XLA's count), {self.analytic_flops:.4g} (analytic)",
+            f"  FLOPs per chip per step: {self.xla_flops:.4g} (XLA's count), {self.analytic_flops:.4g} (analytic)",
             f"  step time >= {self.step_lower_bound_s * 1e3:.2f} ms at {self.peak_flops / 1e12:.0f} TFLOP/s and "
             f"{self.hbm_bytes_per_s / 1e12:.2f} TB/s; MFU ceiling {self.mfu_ceiling:.1%}",
         ]
@@ -137,21 +136,20 @@ def compile_for(lowered: jax.stages.Lowered, *, preset: str, program: str, topol
         if "RESOURCE_EXHAUSTED" not in message:
             raise
         needed = _NEEDED.search(message)
-        amount = (f"it needs {needed[1]}{needed[2]}iB of temporaries alone, against {needed[3]}{needed[4]}iB usable"
+        amount = (f"its temporaries alone need {needed[1]}{needed[2]}, against {needed[3]}{needed[4]} available"
                   if needed else "the compiler ran out of HBM")
         raise DoesNotFit(f"{preset} {program} does not fit {topology.name} ({topology.hbm_bytes / GiB:.1f} GiB HBM a chip): "
                          f"{amount}. Compiler: {message.splitlines()[0][:400]}") from None
     memory = compiled.memory_analysis()
-    report = ChipReport(
+    return ChipReport(
         preset=preset, program=program, topology=topology.name, chips=topology.chips, mesh=dict(mesh.shape),
         argument_bytes=memory.argument_size_in_bytes, output_bytes=memory.output_size_in_bytes,
         alias_bytes=memory.alias_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
         code_bytes=memory.generated_code_size_in_bytes, peak_bytes=getattr(memory, "peak_memory_in_bytes", 0),
         hbm_bytes=topology.hbm_bytes,
-        compiler_flops=float(counted_flops_per_chip), analytic_flops=float(analytic_flops_per_chip), peak_flops=topology.chip.peak_bf16_flops,
+        xla_flops=float(counted_flops_per_chip), analytic_flops=float(analytic_flops_per_chip), peak_flops=topology.chip.peak_bf16_flops,
         hbm_bytes_per_s=topology.chip.hbm_bytes_per_s,
     )
-    return report
 
 
 def compile_only(compile_program: Callable[[Config, Topology], ChipReport], cfg: Config, topology_name: str | None) -> int:

@@ -17,6 +17,8 @@ import math
 import os
 import re
 
+from jax.experimental import topologies
+
 GiB = 2**30
 
 
@@ -28,7 +30,6 @@ class Chip:
     topology_prefix: str  # as libtpu names its topologies
     hbm_bytes: int
     peak_bf16_flops: float  # dense bf16 matmul, per chip
-    peak_int8_ops: float
     hbm_bytes_per_s: float
     counts_cores: bool  # the slice name counts TensorCores (two per chip), not chips
     dims: int  # the interconnect's dimensions: a 3-D torus or a 2-D one
@@ -39,10 +40,10 @@ class Chip:
 
 
 CHIPS = {chip.generation: chip for chip in (
-    Chip("v4", "v4", 32 * GiB, 275e12, 275e12, 1.2e12, counts_cores=True, dims=3),
-    Chip("v5p", "v5", 95 * 10**9, 459e12, 918e12, 2.765e12, counts_cores=True, dims=3),
-    Chip("v5e", "v5e", 16 * GiB, 197e12, 394e12, 0.819e12, counts_cores=False, dims=2),
-    Chip("v6e", "v6e", 32 * GiB, 918e12, 1836e12, 1.64e12, counts_cores=False, dims=2),
+    Chip("v4", "v4", 32 * GiB, 275e12, 1.2e12, counts_cores=True, dims=3),
+    Chip("v5p", "v5", 95 * 10**9, 459e12, 2.765e12, counts_cores=True, dims=3),
+    Chip("v5e", "v5e", 16 * GiB, 197e12, 0.819e12, counts_cores=False, dims=2),
+    Chip("v6e", "v6e", 32 * GiB, 918e12, 1.64e12, counts_cores=False, dims=2),
 )}
 
 _NAME = re.compile(r"^\s*(?:(\d+)\s*x\s*)?(v4|v5p|v5e|v6e)-(\d+)\s*$")
@@ -79,10 +80,6 @@ class Topology:
 
     def devices(self) -> list:
         """Compile-only devices of the whole topology (every slice), from libtpu; they run nothing."""
-        try:
-            from jax.experimental import topologies
-        except ImportError as error:  # pragma: no cover - jax always has it
-            raise RuntimeError(f"jax.experimental.topologies is unavailable: {error}") from error
         # libtpu looks for a real TPU VM's identity in these and warns at length without them.
         os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{self.chip.generation}-{self.chips_per_slice * (2 if self.chip.counts_cores else 1)}")
         os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
