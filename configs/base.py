@@ -180,6 +180,8 @@ class ServeConfig:
     max_queue: int = 256  # requests waiting for a slot; one more gets 429
     request_timeout_s: float = 120.0
     max_body_bytes: int = 8 * 2**20  # a request body, or a fetched image
+    # Weight-only int8 (model/int8.py): half of bfloat16's bytes to hold and to read each step.
+    int8_weights: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
 

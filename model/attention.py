@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from configs.base import ModelConfig
-from model.layers import RMSNorm, apply_rope, dense, param
+from model.layers import RMSNorm, apply_rope, param, project
 from model.sharding import constrain
 
 
@@ -104,9 +104,9 @@ class Attention(nnx.Module):
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         """Attend; with a cache, `cache_segment_ids_bs` must already include this chunk's writes."""
         dtype = x_btd.dtype
-        q_btnh = dense(x_btd, self.q_dnh[...].astype(dtype))
-        k_btkh = dense(x_btd, self.k_dkh[...].astype(dtype))
-        v_btkh = dense(x_btd, self.v_dkh[...].astype(dtype))
+        q_btnh = project(x_btd, self.q_dnh)
+        k_btkh = project(x_btd, self.k_dkh)
+        v_btkh = project(x_btd, self.v_dkh)
         if self.q_norm is not None:
             q_btnh, k_btkh = self.q_norm(q_btnh), self.k_norm(k_btkh)
         q_btnh = constrain(apply_rope(q_btnh, positions_bt, self.rope_base), ("batch", "length", "heads", None))
@@ -136,5 +136,5 @@ class Attention(nnx.Module):
             out_btnh = jax.nn.dot_product_attention(
                 q_btnh, keys_bskh, values_bskh, mask=mask_bts[:, None], implementation=self.backend
             )
-        out_btd = dense(out_btnh, self.o_nhd[...].astype(dtype), contract=2)
+        out_btd = project(out_btnh, self.o_nhd, contract=2)
         return out_btd, cache

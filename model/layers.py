@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from model.int8 import Int8Matrix
 from model.sharding import constrain
 
 
@@ -43,6 +44,21 @@ def dense(x: jax.Array, w: jax.Array, contract: int = 1, out_dtype=None) -> jax.
     policies in model/transformer.py save this name, so remat keeps what it kept for an einsum.
     """
     return checkpoint_name(_dense(x, w, contract, out_dtype), DENSE_OUTPUT)
+
+
+def project(x: jax.Array, w: nnx.Param, contract: int = 1, out_dtype=None) -> jax.Array:
+    """`dense` of x against a weight matrix, read in x's dtype.
+
+    An int8 matrix (model/int8.py: the decode engine's `serve.int8_weights`) enters the product as
+    its int8 values converted, and its per-output-channel scale multiplies the product's output: the
+    convert fuses into the matmul's operand, so nothing full-precision of the weight's size is made.
+    """
+    value = w.get_value()
+    if isinstance(value, Int8Matrix):
+        out = dense(x, value.values.astype(x.dtype), contract, out_dtype)
+        scale = value.scale.reshape(value.scale.shape[contract:])  # the output channels' axes
+        return (out.astype(jnp.float32) * scale).astype(out.dtype)
+    return dense(x, value.astype(x.dtype), contract, out_dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -102,12 +118,18 @@ class Embedding(nnx.Module):
             digits = sum(sum(levels) for _, levels in self.code_ranges)
             self.digits_ld = param(rngs, (digits, d_model), (None, "embed"), d_model**-0.5, param_dtype)
 
-    def table(self) -> jax.Array:
-        """The rows every id reads: with code ranges, each code's row plus its digits' rows."""
-        table_vd = self.table_vd[...]
+    def table(self) -> jax.Array | Int8Matrix:
+        """The rows every id reads: with code ranges, each code's row plus its digits' rows.
+
+        With int8 weights (decoding) the table stays int8 without code ranges (the scale presets,
+        whose table is their largest matrix), and is dequantized whole with them (tiny's 3,072 rows).
+        """
+        table_vd = self.table_vd.get_value()
         if not self.code_ranges:
             return table_vd
-        digits_ld = self.digits_ld[...]
+        digits_ld = self.digits_ld.get_value()
+        if isinstance(table_vd, Int8Matrix):
+            table_vd, digits_ld = table_vd.dequantize(jnp.float32), digits_ld.dequantize(jnp.float32)
         parts, cursor, first_digit_row = [], 0, 0
         for first, levels in self.code_ranges:
             size = math.prod(levels)
@@ -126,13 +148,23 @@ class Embedding(nnx.Module):
     def encode(self, tokens_bt: jax.Array, dtype) -> jax.Array:
         # Gather the FSDP-split model dimension first (as every FSDP weight is, per use), so the
         # lookup needs only a sum over vocab shards and lands batch-split without a reshuffle.
-        table_vd = constrain(self.table(), ("vocab", None))
+        table = self.table()
+        if isinstance(table, Int8Matrix):  # the int8 rows and their scales, gathered, then multiplied
+            values_vd, scale_v1 = constrain(table.values, ("vocab", None)), constrain(table.scale, ("vocab", None))
+            rows_btd = jnp.take(values_vd, tokens_bt, axis=0).astype(jnp.float32) * jnp.take(scale_v1, tokens_bt, axis=0)
+            return rows_btd.astype(dtype)
+        table_vd = constrain(table, ("vocab", None))
         return jnp.take(table_vd, tokens_bt, axis=0).astype(dtype)
 
     def decode(self, x_btd: jax.Array) -> jax.Array:
-        """Tied logits: the normalised stream against every row of the table."""
-        table_vd = self.table().astype(x_btd.dtype)
-        return jnp.einsum("btd,vd->btv", x_btd, table_vd, preferred_element_type=jnp.float32)
+        """Tied logits: the normalised stream against every row of the table (an int8 table's
+        scales, one per row, multiply the logits instead: see `project`)."""
+        table = self.table()
+        if isinstance(table, Int8Matrix):
+            logits_btv = jnp.einsum("btd,vd->btv", x_btd, table.values.astype(x_btd.dtype),
+                                    preferred_element_type=jnp.float32)
+            return logits_btv * table.scale[:, 0]
+        return jnp.einsum("btd,vd->btv", x_btd, table.astype(x_btd.dtype), preferred_element_type=jnp.float32)
 
 
 class GatedMLP(nnx.Module):
@@ -144,11 +176,10 @@ class GatedMLP(nnx.Module):
         self.down_md = param(rngs, (mlp_dim, d_model), ("mlp", "embed"), mlp_dim**-0.5, param_dtype)
 
     def __call__(self, x_btd: jax.Array) -> jax.Array:
-        dtype = x_btd.dtype
-        gate_btm = dense(x_btd, self.gate_dm[...].astype(dtype))
-        up_btm = dense(x_btd, self.up_dm[...].astype(dtype))
+        gate_btm = project(x_btd, self.gate_dm)
+        up_btm = project(x_btd, self.up_dm)
         hidden_btm = constrain(jax.nn.silu(gate_btm) * up_btm, ("batch", "length", "mlp"))
-        return dense(hidden_btm, self.down_md[...].astype(dtype))
+        return project(hidden_btm, self.down_md)
 
 
 def apply_rope(x_btnh: jax.Array, positions_bt: jax.Array, base: float) -> jax.Array:

@@ -15,7 +15,7 @@ from flax import nnx
 
 from configs.base import ModelConfig
 from model.attention import Attention, KVCache, write_positions
-from model.layers import DENSE_OUTPUT, Embedding, GatedMLP, RMSNorm, dense, param
+from model.layers import DENSE_OUTPUT, Embedding, GatedMLP, RMSNorm, param, project
 from model.sharding import abstract_sharded, constrain, init_sharded
 
 _policies = jax.checkpoint_policies
@@ -135,8 +135,7 @@ class Transformer(nnx.Module):
         if self.cfg.tie_embeddings:
             logits_btv = self.embedding.decode(x_btd)
         else:
-            unembed_dv = self.unembed_dv[...].astype(x_btd.dtype)
-            logits_btv = dense(x_btd, unembed_dv, out_dtype=jnp.float32)
+            logits_btv = project(x_btd, self.unembed_dv, out_dtype=jnp.float32)
         return constrain(logits_btv, ("batch", "length", "vocab"))
 
 

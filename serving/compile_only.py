@@ -1,6 +1,6 @@
 """`serve.py --compile-only --topology NAME`: the engine's decode step, compiled for a TPU topology from abstract weights.
 
-The engine is built as serve.py builds it (one module per layer, weights in the compute dtype,
+The engine is built as serve.py builds it (one module per layer, weights in the compute dtype or int8,
 the KV cache for `serve.slots` x `serve.max_cache_len` split over the mesh), from shapes with
 shardings instead of arrays, and its step for every slot is lowered and compiled. The step has
 no loop (the layers run unrolled), so XLA's FLOP count of it is the step's.
@@ -22,7 +22,7 @@ from serving.engine import Engine
 def abstract_engine(cfg: Config, mesh: jax.sharding.Mesh) -> Engine:
     graphdef, state = abstract_model(cfg.model, mesh)
     return Engine(cfg.model, graphdef, state, mesh, cfg.serve.slots, cfg.serve.max_cache_len, eos_id=0,
-                  real_vocab=cfg.model.vocab_size)
+                  real_vocab=cfg.model.vocab_size, int8_weights=cfg.serve.int8_weights)
 
 
 def compile_decode_step(cfg: Config, topology: Topology) -> ChipReport:
@@ -31,6 +31,7 @@ def compile_decode_step(cfg: Config, topology: Topology) -> ChipReport:
     flops = hlo_flops(abstract_engine(cfg, one_device).lower_step())
     analytic = decode_flops_per_step(cfg.model, cfg.serve.slots, cfg.serve.max_cache_len)
     return compile_for(abstract_engine(cfg, mesh).lower_step(), preset=cfg.name,
-                       program=f"decode step ({cfg.serve.slots} slots x {cfg.serve.max_cache_len} tokens)",
+                       program=f"decode step ({cfg.serve.slots} slots x {cfg.serve.max_cache_len} tokens"
+                               f"{', int8 weights' if cfg.serve.int8_weights else ''})",
                        topology=topology, mesh=mesh, analytic_flops_per_chip=analytic / topology.chips,
                        counted_flops_per_chip=flops / topology.chips)

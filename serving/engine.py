@@ -30,6 +30,7 @@ from flax import nnx, struct
 from jax.sharding import NamedSharding, PartitionSpec
 
 from configs.base import ModelConfig
+from model import int8
 from model.attention import KVCache
 from model.sharding import logical_to_spec
 from model.transformer import forward, unstack_blocks
@@ -133,16 +134,20 @@ def _stopped(tokens_b, remaining_b, positions_b, stop_ids_bs, cache_len):
 
 class Engine:
     def __init__(self, cfg: ModelConfig, graphdef: nnx.GraphDef, state: nnx.State, mesh: jax.sharding.Mesh,
-                 slots: int, cache_len: int, eos_id: int, real_vocab: int):
+                 slots: int, cache_len: int, eos_id: int, real_vocab: int, int8_weights: bool = False):
         self.cfg, self.mesh = cfg, mesh
         # One module per layer (see `unstack_blocks`): XLA:CPU copies each layer's slice out of a stacked
         # weight before using it, which took a third of a batch-1 step.
         self.graphdef, state = unstack_blocks(graphdef, state)
         # The weights travel as a flat list of arrays: jit flattens that in C++, where an nnx.State
-        # costs Python calls per leaf on every step. They are kept in the compute dtype: float32
-        # parameters in a bfloat16 model would double what every step reads.
-        weights, self._weights_def = jax.tree.flatten(state)
-        self.weights = [_in_dtype(w, cfg.compute_dtype) for w in weights]
+        # costs Python calls per leaf on every step. They are kept in the compute dtype (float32
+        # parameters in a bfloat16 model would double what every step reads), or as int8 matrices
+        # with per-channel scales (model/int8.py), which the model reads as such.
+        if int8_weights:
+            state = int8.quantize(state)
+        else:
+            state = jax.tree.map(lambda w: _in_dtype(w, cfg.compute_dtype), state)
+        self.weights, self._weights_def = jax.tree.flatten(state)
         abstract = isinstance(self.weights[0], jax.ShapeDtypeStruct)  # compile-only: shapes, no memory
         self.slots, self.cache_len, self.eos_id, self.real_vocab = slots, cache_len, eos_id, real_vocab
         self.buckets = buckets(cache_len)

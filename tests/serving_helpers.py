@@ -18,15 +18,16 @@ SERVE_CFG = Config(name="test-model", model=WORLD_MODEL, mesh=MeshConfig(data=1,
                    data=DataConfig(seq_len=256),
                    serve=ServeConfig(slots=4, max_cache_len=128, max_tokens=100, max_queue=300, request_timeout_s=60))
 EOS = 2  # the world tokenizer's <eos> (ids 0-9 are fixed control symbols)
+REAL_VOCAB = 3024  # text, image and audio ids; the model's vocabulary is padded to 3072
 
 
 def served_model(cfg: Config = SERVE_CFG, mesh=None, seed: int = 0):
     return init_model(cfg.model, mesh or make_mesh(cfg.mesh), seed)
 
 
-def make_engine(graphdef, state, cfg: Config = SERVE_CFG, mesh=None, slots=None) -> Engine:
+def make_engine(graphdef, state, cfg: Config = SERVE_CFG, mesh=None, slots=None, int8_weights=False) -> Engine:
     return Engine(cfg.model, graphdef, state, mesh or make_mesh(cfg.mesh), slots or cfg.serve.slots,
-                  cfg.serve.max_cache_len, eos_id=EOS, real_vocab=3024)
+                  cfg.serve.max_cache_len, eos_id=EOS, real_vocab=REAL_VOCAB, int8_weights=int8_weights)
 
 
 class Collected:

@@ -1,5 +1,6 @@
 """Run in a subprocess with 8 simulated CPU devices: greedy decoding through the engine on a
-data=2 x tensor=4 mesh against the same engine on one device. Prints one JSON object of facts.
+data=2 x tensor=4 mesh against the same engine on one device, with float and with int8 weights.
+Prints one JSON object of facts.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 PYTHONPATH=. python tests/serving_sharded_check.py
 """
@@ -27,16 +28,19 @@ def main() -> dict:
     assert jax.device_count() == 8
     mesh = make_mesh(MeshConfig(data=2, fsdp=1, tensor=4))
     graphdef, state = served_model(mesh=mesh)
-    sharded = make_engine(graphdef, state, mesh=mesh)
     one = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
-    single = make_engine(graphdef, jax.device_put(jax.device_get(state), one.devices.flat[0]), mesh=one)
+    state_on_one = jax.device_put(jax.device_get(state), one.devices.flat[0])
     up = state["blocks"]["mlp"]["up_dm"][...]
-    return {
-        "mesh": dict(mesh.shape),
-        "mlp_weight_shards": len({str(s.index) for s in up.addressable_shards}),
-        "sharded_tokens": decode_all(sharded),
-        "single_device_tokens": decode_all(single),
-    }
+    facts = {"mesh": dict(mesh.shape), "mlp_weight_shards": len({str(s.index) for s in up.addressable_shards})}
+    for name, int8_weights in (("", False), ("int8_", True)):
+        sharded = make_engine(graphdef, state, mesh=mesh, int8_weights=int8_weights)
+        if int8_weights:  # an int8 (d_model, mlp) matrix, split over `tensor` as its float weight is
+            up_int8 = [w for w in sharded.weights if w.dtype == "int8" and w.shape == up.shape[1:]][0]
+            facts["int8_mlp_weight_shards"] = len({str(s.index) for s in up_int8.addressable_shards})
+        facts[f"{name}sharded_tokens"] = decode_all(sharded)
+        facts[f"{name}single_device_tokens"] = decode_all(make_engine(graphdef, state_on_one, mesh=one,
+                                                                      int8_weights=int8_weights))
+    return facts
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from serving.engine import SamplingParams, buckets, widths
 from serving.sampling import SamplingRows, sample
 from serving.text_stream import TextStream
 from tests.helpers import jit_forward
-from tests.serving_helpers import EOS, make_engine, prompt_of, request, running, served_model
+from tests.serving_helpers import EOS, REAL_VOCAB, make_engine, prompt_of, request, running, served_model
 
 TESTS = Path(__file__).parent
 
@@ -34,13 +34,14 @@ def engine(model):
 
 
 def reference_greedy(model, prompt, new_tokens: int) -> list[int]:
-    """Greedy decoding with the plain forward over the whole sequence each time: no cache, no engine."""
+    """Greedy decoding with the plain forward over the whole sequence each time: no cache, no engine.
+    Over the ids the engine may produce (`REAL_VOCAB`: the padding ids past it never are)."""
     graphdef, state = model
     ids = list(prompt)
     out = []
     for _ in range(new_tokens):
         logits, _ = jit_forward(graphdef, state, jnp.asarray([ids], jnp.int32))
-        token = int(jnp.argmax(logits[0, -1]))
+        token = int(jnp.argmax(logits[0, -1, :REAL_VOCAB]))
         out.append(token)
         if token == EOS:
             break
@@ -261,7 +262,7 @@ def test_streamed_text_decodes_a_short_window_per_token_and_joins_to_the_whole_d
 # ---- tensor-parallel decoding ----------------------------------------------------------------
 
 
-def test_tensor_parallel_decoding_on_8_simulated_devices_equals_one_device():
+def test_tensor_parallel_decoding_on_8_simulated_devices_equals_one_device_with_float_and_int8_weights():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONPATH": str(TESTS.parent)}
     run = subprocess.run([sys.executable, str(TESTS / "serving_sharded_check.py")], env=env, capture_output=True,
                          text=True, timeout=600)
@@ -270,3 +271,5 @@ def test_tensor_parallel_decoding_on_8_simulated_devices_equals_one_device():
     assert facts["mesh"] == {"dcn_data": 1, "data": 2, "fsdp": 1, "tensor": 4}
     assert facts["mlp_weight_shards"] == 4, "the MLP weights are not split over the tensor axis"
     assert facts["sharded_tokens"] == facts["single_device_tokens"]
+    assert facts["int8_mlp_weight_shards"] == 4, "the int8 MLP weights are not split over the tensor axis"
+    assert facts["int8_sharded_tokens"] == facts["int8_single_device_tokens"]

@@ -190,6 +190,12 @@ def restore_params(cfg: Config, workdir: Path, mesh: jax.sharding.Mesh) -> tuple
     with jax.set_mesh(mesh):
         state = manager.restore(step, args=ocp.args.Composite(state=restore))["state"]
     manager.close()
+    # A partial restore leaves what the checkpoint lacks as shapes: a model newer than its checkpoint.
+    missing = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_flatten_with_path(state["params"])[0]
+               if isinstance(leaf, jax.ShapeDtypeStruct)]
+    if missing:
+        raise ValueError(f"the checkpoint at step {step} under {workdir} has no {', '.join(missing)}: it was trained "
+                         "with an older model; train again (or resume from a matching checkpoint)")
     return graphdef, state["params"], step
 
 
