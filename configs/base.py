@@ -12,7 +12,7 @@ from typing import Literal, get_args
 
 from configs.tokenizers import TokenizersConfig
 
-AttentionBackend = Literal["xla", "cudnn"]
+AttentionBackend = Literal["xla", "cudnn", "splash"]  # splash: the Pallas kernel on TPU, xla elsewhere
 RematPolicy = Literal["none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"]
 DType = Literal["float32", "bfloat16", "float16"]
 ATTENTION_BACKENDS, REMAT_POLICIES, DTYPES = get_args(AttentionBackend), get_args(RematPolicy), get_args(DType)

@@ -1,4 +1,5 @@
-"""What the scale presets share: Gemini-class vocabulary, 32k context, MQA, RoPE, bf16 compute."""
+"""What the scale presets share: Gemini-class vocabulary, 32k context, MQA, RoPE, bf16 compute,
+splash attention on TPU (model/splash.py; XLA's attention on other platforms)."""
 
 from configs.base import ModelConfig
 
@@ -18,5 +19,6 @@ def scale_model(**shape) -> ModelConfig:
         tie_embeddings=True,
         compute_dtype="bfloat16",
         remat_policy="dots_saveable",
+        attention_backend="splash",
         **shape,
     )

@@ -47,6 +47,7 @@ class ChipReport:
     analytic_flops: float  # per chip per step, from the model's arithmetic (model/costs.py)
     peak_flops: float
     hbm_bytes_per_s: float
+    pallas_kernels: int = 0  # Pallas (Mosaic) kernel calls in the compiled program: splash attention's
 
     @property
     def total_bytes(self) -> int:
@@ -89,6 +90,7 @@ class ChipReport:
             "spare": round(self.spare, 3), "fits_with_margin": self.fits_with_margin,
             "flops_per_chip": {"xla": self.xla_flops, "analytic": self.analytic_flops},
             "step_lower_bound_s": round(self.step_lower_bound_s, 6), "mfu_ceiling": round(self.mfu_ceiling, 3),
+            "pallas_kernels": self.pallas_kernels,
         }
 
     def table(self) -> str:
@@ -103,6 +105,7 @@ class ChipReport:
             f"  FLOPs per chip per step: {self.xla_flops:.4g} (XLA's count), {self.analytic_flops:.4g} (analytic)",
             f"  step time >= {self.step_lower_bound_s * 1e3:.2f} ms at {self.peak_flops / 1e12:.0f} TFLOP/s and "
             f"{self.hbm_bytes_per_s / 1e12:.2f} TB/s; MFU ceiling {self.mfu_ceiling:.1%}",
+            f"  Pallas TPU kernel calls in the program: {self.pallas_kernels}",
         ]
         return "\n".join(lines)
 
@@ -149,6 +152,7 @@ def compile_for(lowered: jax.stages.Lowered, *, preset: str, program: str, topol
         hbm_bytes=topology.hbm_bytes,
         xla_flops=float(counted_flops_per_chip), analytic_flops=float(analytic_flops_per_chip), peak_flops=topology.chip.peak_bf16_flops,
         hbm_bytes_per_s=topology.chip.hbm_bytes_per_s,
+        pallas_kernels=compiled.as_text().count('custom_call_target="tpu_custom_call"'),
     )
 
 

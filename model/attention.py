@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from configs.base import ModelConfig
+from model import splash
 from model.layers import RMSNorm, apply_rope, param, project
 from model.sharding import constrain
 
@@ -130,7 +131,12 @@ class Attention(nnx.Module):
             & (key_positions_bs[:, None, :] <= positions_bt[:, :, None])
             & (key_segments_bs[:, None, :] != 0)
         )
-        if self.backend == "xla":
+        if self.backend == "splash" and cache is None and splash.supports(x_btd.shape[1]):
+            # the Pallas kernel on TPU, XLA's attention elsewhere (model/splash.py)
+            out_btnh = jax.lax.platform_dependent(
+                q_btnh, keys_bskh, values_bskh, segment_ids_bt, tpu=splash.splash_attention,
+                default=lambda q, k, v, _: grouped_attention(q, k, v, mask_bts))
+        elif self.backend in ("xla", "splash"):
             out_btnh = grouped_attention(q_btnh, keys_bskh, values_bskh, mask_bts)
         else:
             out_btnh = jax.nn.dot_product_attention(

@@ -62,6 +62,7 @@ def test_tiny_train_step_compiles_for_a_v5e_4_slice_and_reports_per_chip_memory(
     assert run.returncode == 0, run.stderr[-2000:]
     check_report(report, "tiny", 4)
     assert report["mesh"]["data"] == 4 and report["program"] == "train step"
+    assert report["pallas_kernels"] == 0  # the tiny preset's attention is XLA's
 
 
 def test_depth_reduced_nano1_trains_on_v5e_16_with_its_plan():
@@ -72,13 +73,21 @@ def test_depth_reduced_nano1_trains_on_v5e_16_with_its_plan():
     # Full FSDP: each chip holds 1/16 of the 2-layer model's 0.81B float32 weights and two Adam moments
     # (0.57 GiB; a whole copy would be 9.1 GiB).
     assert 0.5 < report["per_chip_gib"]["arguments"] < 0.65
+    # Splash attention, compiled into the TPU program: the forward kernel (run again under full remat)
+    # and the backward's dq and dkv kernels.
+    assert report["pallas_kernels"] >= 3
 
 
-def test_tiny_decode_step_compiles_for_one_v5e_chip():
-    run, report = compile_only("serve.py", "--config", "tiny", "--topology", "v5e-1")
+@pytest.mark.parametrize("int8", [False, True])
+def test_tiny_decode_step_compiles_for_one_v5e_chip(int8):
+    run, report = compile_only("serve.py", "--config", "tiny", "--topology", "v5e-1",
+                               *(["--serve.int8-weights"] if int8 else []))
     assert run.returncode == 0, run.stderr[-2000:]
     check_report(report, "tiny", 1)
-    assert report["program"].startswith("decode step (8 slots x 512 tokens)")
+    assert report["program"] == "decode step (8 slots x 512 tokens" + (", int8 weights)" if int8 else ")")
+    # The tiny model's 4.6M float32 parameters (18.4 MB), or a quarter of that in int8, beside an
+    # 8 x 512-token cache of 4 layers' float32 keys and values (8.4 MB).
+    assert report["per_chip_gib"]["arguments"] * 2**30 == pytest.approx(12.9e6 if int8 else 26.8e6, rel=0.05)
 
 
 def test_a_config_too_big_for_its_slice_is_reported_not_fitting_naming_preset_and_memory():

@@ -1,0 +1,105 @@
+"""Splash attention (model/splash.py) in Pallas interpret mode on CPU against XLA's attention, and its choice of platform."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.base import MeshConfig
+from model.attention import grouped_attention
+from model.sharding import make_mesh
+from model.splash import block_sizes, splash_attention
+from model.transformer import forward, init_model
+from tests.helpers import small_model_config
+
+TESTS = Path(__file__).parent
+
+
+def packed_inputs(batch: int, length: int, heads: int, kv_heads: int, head_dim: int, seed: int = 0):
+    """q, k, v and segment ids of rows packed the way the pipeline packs them: several sequences of
+    uneven lengths, then padding (segment 0); one row with no padding."""
+    keys = jax.random.split(jax.random.key(seed), 3)
+    q = jax.random.normal(keys[0], (batch, length, heads, head_dim))
+    k = jax.random.normal(keys[1], (batch, length, kv_heads, head_dim))
+    v = jax.random.normal(keys[2], (batch, length, kv_heads, head_dim))
+    rng = np.random.default_rng(seed)
+    segments = np.zeros((batch, length), np.int32)
+    for row in range(batch):
+        cuts = np.sort(rng.choice(np.arange(1, length), 3, replace=False))
+        end = length if row == 0 else cuts[-1]  # row 0 full, the others padded after their last sequence
+        for segment, (start, stop) in enumerate(zip([0, *cuts[:-1]], [*cuts[:-1], end]), start=1):
+            segments[row, start:stop] = segment
+    return q, k, v, jnp.asarray(segments)
+
+
+def reference_attention(q, k, v, segments):
+    """The model's XLA attention with the model's mask (positions restart in each sequence)."""
+    starts = jnp.concatenate([jnp.ones_like(segments[:, :1]), segments[:, 1:] != segments[:, :-1]], axis=1)
+    index = jnp.arange(segments.shape[1])
+    positions = index - jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
+    mask = ((segments[:, :, None] == segments[:, None, :]) & (positions[:, None, :] <= positions[:, :, None])
+            & (segments[:, None, :] != 0))
+    return grouped_attention(q, k, v, mask)
+
+
+def real_loss(attention):
+    """A scalar of the real (non-padding) positions' outputs, for gradients."""
+    def loss(q, k, v, segments):
+        out = attention(q, k, v, segments)
+        return jnp.sum(jnp.where((segments != 0)[:, :, None, None], out, 0.0) ** 2)
+    return loss
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 1), (4, 2), (4, 4)])
+def test_splash_in_interpret_mode_matches_xla_attention_at_every_real_position(heads, kv_heads):
+    q, k, v, segments = packed_inputs(batch=3, length=256, heads=heads, kv_heads=kv_heads, head_dim=64)
+    out = jax.jit(lambda *a: splash_attention(*a, interpret=True))(q, k, v, segments)
+    want = reference_attention(q, k, v, segments)
+    real = np.asarray(segments) != 0
+    np.testing.assert_allclose(np.asarray(out)[real], np.asarray(want)[real], atol=2e-5)
+
+
+def test_splash_gradients_in_interpret_mode_match_xla_attention():
+    q, k, v, segments = packed_inputs(batch=2, length=256, heads=4, kv_heads=1, head_dim=64, seed=1)
+    kernel = lambda *a: splash_attention(*a, interpret=True)  # noqa: E731
+    grads = jax.jit(jax.grad(real_loss(kernel), argnums=(0, 1, 2)))(q, k, v, segments)
+    want = jax.grad(real_loss(reference_attention), argnums=(0, 1, 2))(q, k, v, segments)
+    for got, expected in zip(grads, want):
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_splash_on_a_mesh_of_8_simulated_devices_matches_xla_attention_shard_by_shard():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONPATH": str(TESTS.parent)}
+    run = subprocess.run([sys.executable, str(TESTS / "splash_sharded_check.py")], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    facts = json.loads(run.stdout.strip().splitlines()[-1])
+    assert facts["mesh"] == {"dcn_data": 1, "data": 2, "fsdp": 1, "tensor": 4}
+    for kv_heads in ("kv1", "kv2"):
+        assert facts[kv_heads]["output_shards"] == 8, "the output is not split over rows and heads"
+        assert facts[kv_heads]["max_diff"] < 2e-5 and facts[kv_heads]["max_grad_diff"] < 1e-4, facts
+
+
+def test_blocks_are_the_largest_of_512_256_128_dividing_the_length_and_other_lengths_are_refused():
+    assert [block_sizes(n).block_q for n in (128, 384, 768, 2048)] == [128, 128, 256, 512]
+    with pytest.raises(ValueError, match="multiple of 128, got 1000.*data.seq_len.*attention_backend=xla"):
+        block_sizes(1000)
+
+
+@pytest.mark.parametrize("length", [128, 96])  # the kernel traced (and not lowered), and a length it cannot take
+def test_the_splash_backend_off_tpu_is_xla_attention(length):
+    """Off TPU `jax.lax.platform_dependent` lowers XLA's attention: a CPU run of a splash config is exact."""
+    cfg = small_model_config()
+    mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1))
+    tokens = jnp.asarray(np.random.default_rng(0).integers(10, 200, (2, length)), jnp.int32)
+    run = jax.jit(forward, static_argnums=0)
+    logits = {backend: run(*init_model(dataclasses.replace(cfg, attention_backend=backend), mesh), tokens)[0]
+              for backend in ("xla", "splash")}
+    np.testing.assert_array_equal(logits["xla"], logits["splash"])
