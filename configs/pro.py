@@ -23,6 +23,10 @@ TRAIN_PLANS = {
                        train=dict(grad_accum_steps=16)),
     "v5e-256": PodPlan(mesh=MeshConfig(data=1, fsdp=32, tensor=8), model=dict(remat_policy="full"),
                        train=dict(grad_accum_steps=32)),
+    # Two v5e-256 slices over the data-centre network: each slice holds a whole FSDP x tensor copy as
+    # above, and only the gradients' all-reduce crosses between them (dcn_data), half the rows each.
+    "2x v5e-256": PodPlan(mesh=MeshConfig(dcn_data=2, data=1, fsdp=32, tensor=8), model=dict(remat_policy="full"),
+                          train=dict(grad_accum_steps=16)),
 }
 # Decoding splits the bfloat16 weights 16 ways (7.8 GB a chip); the single kv head cannot split,
 # so each chip holds the whole cache: 16 slots of 4k tokens.

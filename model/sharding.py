@@ -62,7 +62,8 @@ def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
         if granules != sizes["dcn_data"]:
             _fail_dcn(granules, sizes["dcn_data"], "processes" if by_process else "slices")
         device_array = mesh_utils.create_hybrid_device_mesh(
-            (1,) + shape[1:], (shape[0], 1, 1, 1), devices, process_is_granule=by_process
+            (1,) + shape[1:], (shape[0], 1, 1, 1), devices, process_is_granule=by_process,
+            allow_split_physical_axes=True,
         )
     else:
         device_array = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)

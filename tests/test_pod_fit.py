@@ -104,8 +104,20 @@ def test_compile_only_without_a_topology_says_what_is_missing():
     assert run.returncode == 2 and "--compile-only needs --topology" in run.stderr
 
 
+def test_a_two_slice_plan_puts_only_the_dcn_data_axis_across_the_slices():
+    code = ("import json; from model.aot import compile_on_cpu; compile_on_cpu()\n"
+            "from configs import get_config; from model.sharding import make_mesh; from model.topologies import parse_topology\n"
+            "mesh = make_mesh(get_config('pro', '2x v5e-256').mesh, parse_topology('2x v5e-256').devices())\n"
+            "print(json.dumps({'shape': dict(mesh.shape), 'slices': [sorted({d.slice_index for d in part.flat}) for part in mesh.devices]}))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    facts = json.loads(run.stdout.strip().splitlines()[-1])
+    assert facts["shape"] == {"dcn_data": 2, "data": 1, "fsdp": 32, "tensor": 8}
+    assert facts["slices"] == [[0], [1]]  # each dcn_data index is one whole slice: fsdp and tensor stay inside
+
+
 @pytest.mark.parametrize("preset, program, topology", [
-    ("ultra", "train", "v5p-1024"), ("pro", "train", "v5p-128"), ("pro", "train", "v5e-256"),
+    ("ultra", "train", "v5p-1024"), ("pro", "train", "v5p-128"), ("pro", "train", "v5e-256"), ("pro", "train", "2x v5e-256"),
     ("nano1", "train", "v5e-16"), ("nano2", "train", "v5e-16"),
     ("ultra", "serve", "v5p-64"), ("pro", "serve", "v5e-16"), ("nano1", "serve", "v5e-1"), ("nano2", "serve", "v5e-1"),
 ])
