@@ -1,6 +1,6 @@
 """The decoding engine alone at the bench shape (63.4M parameters, fp32, CPU): prefill and decode tokens/s.
 
-    python bench/decode.py [--batches 1 8 32] [--prompt 128] [--new 128] [--vs-hf] [--naive]
+    python bench/decode.py [--batches 1 8 32] [--prompt 128] [--new 128] [--vs-hf] [--naive] [--int8]
 
 For each batch B: B prompts of `--prompt` random tokens are prefilled and inserted into B slots
 (serving/engine.py), then the slots decode `--new` tokens each (the first comes from the
@@ -17,7 +17,9 @@ Prints JSON lines:
   - `--naive`: the straightforward loop (jit(forward) per token, cache not donated, logits brought
     to the host and argmax'ed there), to show what the engine's levers are worth;
   - `--vs-hf` (the `bench` extra): HF transformers' generate() on the same shape in PyTorch, greedy,
-    end-to-end, and the engine / HF ratio.
+    end-to-end, and the engine / HF ratio;
+  - `--int8`: the engine holds int8 weights (`serve.int8_weights`, model/int8.py), and the weight
+    read it is set against is of their bytes.
 """
 
 from __future__ import annotations
@@ -34,11 +36,12 @@ from flax import nnx
 
 from configs.base import MeshConfig
 from configs.bench import bench_config
+from model import int8
 from model.attention import KVCache
 from model.costs import counted_params
 from model.hardware import matmul_peak_flops, read_seconds
 from model.sharding import make_mesh
-from model.transformer import Transformer, forward
+from model.transformer import Transformer, forward, unstack_blocks
 from serving.engine import Engine, SamplingParams
 
 EOS = -1  # no stop id: every row decodes its full budget
@@ -123,22 +126,24 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--vs-hf", action="store_true", help="also time HF generate() in PyTorch (`bench` extra)")
     parser.add_argument("--naive", action="store_true", help="also time the straightforward jitted loop")
+    parser.add_argument("--int8", action="store_true", help="int8 weights in the engine (serve.int8_weights)")
     args = parser.parse_args()
 
     cfg = bench_config()
     params = counted_params(cfg)
-    weight_bytes = params * 4
     mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
     graphdef, state = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
+    held = int8.quantize(unstack_blocks(graphdef, state)[1]) if args.int8 else state
+    weight_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(held))
     roofline = {"bench": "roofline", "params": params, "weight_bytes": weight_bytes,
                 "weight_read_s": round(read_seconds(weight_bytes), 5), "matmul_peak_flops": round(matmul_peak_flops()),
-                "backend": jax.default_backend(), "jax": jax.__version__}
+                "int8_weights": args.int8, "backend": jax.default_backend(), "jax": jax.__version__}
     print(json.dumps(roofline), flush=True)
     rng = np.random.default_rng(0)
     for batch in args.batches:
         prompts = rng.integers(10, cfg.vocab_size, (batch, args.prompt)).astype(np.int32)
         engine = Engine(cfg, graphdef, state, mesh, slots=batch, cache_len=args.prompt + args.new, eos_id=EOS,
-                        real_vocab=cfg.vocab_size)
+                        real_vocab=cfg.vocab_size, int8_weights=args.int8)
         engine.warm_up()
         read_s = read_seconds(weight_bytes, repeats=20, statistic=statistics.median)
         run = engine_runs(engine, prompts, args.new)
