@@ -4,9 +4,9 @@ A decode step reads every weight once, so the weights' bytes set both what a chi
 what a step must read. Symmetric int8 with a scale per output channel (absmax / 127 over the axes
 the matrix is contracted over) halves bfloat16's bytes. Activations stay in the compute dtype:
 the model reads an int8 matrix where it uses it (model/layers.py `project`, `Embedding`): the int8
-values, converted inside the matmul, then the scale on the product's output channels. No
-full-precision copy of a weight is made (`serve.py --compile-only` reports the temporaries;
-README, "Pod scale").
+values in the matmul, then the scale on the product's output channels. In the decode step compiled
+for TPU each matmul takes the int8 weight as its operand, so no full-precision copy of a weight
+is made (README, "Pod scale" and "Int8 on the tiny run"; XLA:CPU does convert a copy).
 
 Norm scales (vectors) are left as they are: a few kilobytes, and they enter float32 arithmetic.
 """

@@ -50,8 +50,9 @@ def project(x: jax.Array, w: nnx.Param, contract: int = 1, out_dtype=None) -> ja
     """`dense` of x against a weight matrix, read in x's dtype.
 
     An int8 matrix (model/int8.py: the decode engine's `serve.int8_weights`) enters the product as
-    its int8 values converted, and its per-output-channel scale multiplies the product's output: the
-    convert fuses into the matmul's operand, so nothing full-precision of the weight's size is made.
+    its int8 values, and its per-output-channel scale multiplies the product's output. Compiled for
+    TPU, the matmul takes the int8 weight as its operand and no full-precision copy is made
+    (XLA:CPU converts a float32 copy first: README, "Int8 on the tiny run").
     """
     value = w.get_value()
     if isinstance(value, Int8Matrix):

@@ -3,9 +3,9 @@
 `attention_backend="splash"` (the scale presets) runs this kernel for attention without a cache
 (training, scoring) when the program is compiled for TPU, and XLA's attention
 (model/attention.py `grouped_attention`) on any other platform: `jax.lax.platform_dependent` picks
-at lowering, so one config serves a pod, a laptop and CI. With a KV cache (prefill, decode), or a
-length that is not a multiple of 128 (the kernel's blocks are whole lanes), the model uses XLA's:
-one query row a step is not what the kernel's blocks are for.
+at lowering, so one config serves a pod, a laptop and CI. With a KV cache (prefill, decode: one
+query row a step is not what the kernel's blocks are for), or for a length that is not a multiple
+of 128 (the kernel's blocks are whole lanes), the model uses XLA's attention.
 
 The kernel is blockwise (flash) attention that skips the blocks the mask leaves empty: the
 [length, length] scores are never in HBM, and about half of the causal blocks are never computed.
