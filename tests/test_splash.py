@@ -95,11 +95,16 @@ def test_blocks_are_the_largest_of_512_256_128_dividing_the_length_and_other_len
 
 @pytest.mark.parametrize("length", [128, 96])  # the kernel traced (and not lowered), and a length it cannot take
 def test_the_splash_backend_off_tpu_is_xla_attention(length):
-    """Off TPU `jax.lax.platform_dependent` lowers XLA's attention: a CPU run of a splash config is exact."""
+    """Off TPU `jax.lax.platform_dependent` lowers XLA's attention: a CPU run of a splash config is
+    exact, forward and backward."""
     cfg = small_model_config()
     mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1))
     tokens = jnp.asarray(np.random.default_rng(0).integers(10, 200, (2, length)), jnp.int32)
-    run = jax.jit(forward, static_argnums=0)
-    logits = {backend: run(*init_model(dataclasses.replace(cfg, attention_backend=backend), mesh), tokens)[0]
-              for backend in ("xla", "splash")}
+    logits, grads = {}, {}
+    for backend in ("xla", "splash"):  # under full remat, as the pod plans train
+        graphdef, state = init_model(dataclasses.replace(cfg, attention_backend=backend, remat_policy="full"), mesh)
+        logits[backend] = jax.jit(forward, static_argnums=0)(graphdef, state, tokens)[0]
+        grads[backend] = jax.jit(jax.grad(lambda s: jnp.mean(forward(graphdef, s, tokens)[0] ** 2)))(state)
     np.testing.assert_array_equal(logits["xla"], logits["splash"])
+    for got, want in zip(jax.tree.leaves(grads["splash"]), jax.tree.leaves(grads["xla"])):
+        np.testing.assert_array_equal(got, want)
