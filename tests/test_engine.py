@@ -1,11 +1,6 @@
 """The decoding engine and its scheduler: exact greedy decoding, continuous batching, cancels, sampling rows."""
 
-import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,10 +10,8 @@ import pytest
 from serving.engine import SamplingParams, buckets, widths
 from serving.sampling import SamplingRows, sample
 from serving.text_stream import TextStream
-from tests.helpers import jit_forward
+from tests.helpers import facts_on_simulated_devices, jit_forward
 from tests.serving_helpers import EOS, REAL_VOCAB, make_engine, prompt_of, request, running, served_model
-
-TESTS = Path(__file__).parent
 
 
 @pytest.fixture(scope="module")
@@ -263,11 +256,7 @@ def test_streamed_text_decodes_a_short_window_per_token_and_joins_to_the_whole_d
 
 
 def test_tensor_parallel_decoding_on_8_simulated_devices_equals_one_device_with_float_and_int8_weights():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONPATH": str(TESTS.parent)}
-    run = subprocess.run([sys.executable, str(TESTS / "serving_sharded_check.py")], env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    facts = json.loads(run.stdout.strip().splitlines()[-1])
+    facts = facts_on_simulated_devices("serving_sharded_check.py")
     assert facts["mesh"] == {"dcn_data": 1, "data": 2, "fsdp": 1, "tensor": 4}
     assert facts["mlp_weight_shards"] == 4, "the MLP weights are not split over the tensor axis"
     assert facts["sharded_tokens"] == facts["single_device_tokens"]

@@ -16,6 +16,12 @@ from tests.serving_helpers import make_engine, prompt_of, served_model
 from tests.test_engine import reference_greedy, run_alone
 
 
+def dequantized_state(state):
+    """Every Int8Matrix in `state` as the float32 matrix it stands for."""
+    return jax.tree.map(lambda x: x.dequantize(jnp.float32) if isinstance(x, int8.Int8Matrix) else x, state,
+                        is_leaf=lambda x: isinstance(x, int8.Int8Matrix))
+
+
 def test_a_matrix_rounds_to_within_half_a_step_of_its_output_channels_scale():
     w = jax.random.normal(jax.random.key(0), (64, 4, 8)) * jnp.arange(1, 33).reshape(1, 4, 8)  # channels differ in range
     q = int8.quantize_matrix(w, (0,))
@@ -49,8 +55,7 @@ def test_the_model_reading_int8_matrices_computes_what_it_computes_with_them_deq
     """The scale applied to the products' outputs equals the scale applied to the weights."""
     graphdef, state = unstack_blocks(*served_model())
     quantized = int8.quantize(state)
-    dequantized = jax.tree.map(lambda x: x.values * x.scale if isinstance(x, int8.Int8Matrix) else x, quantized,
-                               is_leaf=lambda x: isinstance(x, int8.Int8Matrix))
+    dequantized = dequantized_state(quantized)
     tokens = jnp.asarray(np.random.default_rng(0).integers(10, 3000, (2, 40)), jnp.int32)
     run = jax.jit(forward, static_argnums=0)
     logits_int8, _ = run(graphdef, quantized, tokens)
@@ -69,8 +74,7 @@ def test_an_int8_engine_holds_int8_matrices_and_greedy_decodes_as_the_forward_wi
     float_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
     assert sum(w.nbytes for w in engine.weights) < 0.3 * float_bytes  # int8 values, float32 scales and norms
     # The reference: the plain forward over the whole sequence, each matrix replaced by its int8 rounding.
-    rounded = jax.tree.map(lambda x: x.values * x.scale if isinstance(x, int8.Int8Matrix) else x,
-                           int8.quantize(unstacked), is_leaf=lambda x: isinstance(x, int8.Int8Matrix))
+    rounded = dequantized_state(int8.quantize(unstacked))
     for length in (5, 23):
         prompt = prompt_of(length, seed=length)
         assert run_alone(engine, prompt, 10, temperature=0.0) == reference_greedy((unstacked_graphdef, rounded), prompt, 10)

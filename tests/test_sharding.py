@@ -4,26 +4,16 @@ the same train steps as one device.
 The check runs in a subprocess (tests/sharded_check.py) so the rest of the suite keeps one device.
 """
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-TESTS = Path(__file__).parent
+from tests.helpers import facts_on_simulated_devices
 
 
 @pytest.fixture(scope="module")
 def facts():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=str(TESTS.parent))
-    run = subprocess.run([sys.executable, str(TESTS / "sharded_check.py")], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return facts_on_simulated_devices("sharded_check.py")
 
 
 def test_mesh_is_data2_fsdp2_tensor2(facts):

@@ -1,11 +1,6 @@
 """Splash attention (model/splash.py) in Pallas interpret mode on CPU against XLA's attention, and its choice of platform."""
 
 import dataclasses
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +12,7 @@ from model.attention import grouped_attention
 from model.sharding import make_mesh
 from model.splash import block_sizes, splash_attention
 from model.transformer import forward, init_model
-from tests.helpers import small_model_config
-
-TESTS = Path(__file__).parent
+from tests.helpers import facts_on_simulated_devices, small_model_config
 
 
 def packed_inputs(batch: int, length: int, heads: int, kv_heads: int, head_dim: int, seed: int = 0):
@@ -76,11 +69,7 @@ def test_splash_gradients_in_interpret_mode_match_xla_attention():
 
 
 def test_splash_on_a_mesh_of_8_simulated_devices_matches_xla_attention_shard_by_shard():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONPATH": str(TESTS.parent)}
-    run = subprocess.run([sys.executable, str(TESTS / "splash_sharded_check.py")], env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    facts = json.loads(run.stdout.strip().splitlines()[-1])
+    facts = facts_on_simulated_devices("splash_sharded_check.py")
     assert facts["mesh"] == {"dcn_data": 1, "data": 2, "fsdp": 1, "tensor": 4}
     for kv_heads in ("kv1", "kv2"):
         assert facts[kv_heads]["output_shards"] == 8, "the output is not split over rows and heads"
