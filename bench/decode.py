@@ -11,9 +11,9 @@ Prints JSON lines:
     of the weights once (model/hardware.py, best of 10), which bounds a batch-1 step from below;
   - per batch: prefill tokens/s, decode tokens/s, the decode step's median seconds and its ratio
     to the weight-read time, and end-to-end tokens/s (prefill + decode, as HF's generate() counts).
-    The ratio sets like beside like: the step's median against the median of 20 weight reads
-    timed just before that batch's run (this machine's speed drifts by tens of percent between
-    minutes, so a read timed at start-up, or a best set against a median, misstates it);
+    The ratio sets like beside like: the step's median against the median of weight reads timed
+    before, between and after that batch's three runs (this machine's read speed swings by tens of
+    percent between minutes, so a read timed at start-up, or a best set against a median, misstates it);
   - `--naive`: the straightforward loop (jit(forward) per token, cache not donated, logits brought
     to the host and argmax'ed there), to show what the engine's levers are worth;
   - `--vs-hf` (the `bench` extra): HF transformers' generate() on the same shape in PyTorch, greedy,
@@ -72,11 +72,17 @@ def engine_run(engine: Engine, prompts: np.ndarray, new: int) -> dict:
     return {"prefill_s": prefill_s, "decode_s": decode_s, "step_s": statistics.median(step_times)}
 
 
-def engine_runs(engine: Engine, prompts: np.ndarray, new: int, repeats: int = 3) -> dict:
-    """The median of `repeats` runs, phase by phase (one run is a few seconds: noise on a shared machine)."""
+def engine_runs(engine: Engine, prompts: np.ndarray, new: int, weight_bytes: int, repeats: int = 3) -> dict:
+    """The median of `repeats` runs, phase by phase (one run is a few seconds: noise on a shared machine),
+    and `read_s`: the median of weight reads timed before, between and after them (10 each), so the
+    roofline is measured in the same minutes as the steps it is set against."""
     engine_run(engine, prompts, 8)  # the first runs touch fresh buffers
-    runs = [engine_run(engine, prompts, new) for _ in range(repeats)]
-    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    reads = [read_seconds(weight_bytes, statistic=statistics.median)]
+    runs = []
+    for _ in range(repeats):
+        runs.append(engine_run(engine, prompts, new))
+        reads.append(read_seconds(weight_bytes, statistic=statistics.median))
+    return {**{key: statistics.median(run[key] for run in runs) for key in runs[0]}, "read_s": statistics.median(reads)}
 
 
 def naive_run(cfg, graphdef, state, prompts: np.ndarray, new: int) -> dict:
@@ -145,8 +151,8 @@ def main() -> None:
         engine = Engine(cfg, graphdef, state, mesh, slots=batch, cache_len=args.prompt + args.new, eos_id=EOS,
                         real_vocab=cfg.vocab_size, int8_weights=args.int8)
         engine.warm_up()
-        read_s = read_seconds(weight_bytes, repeats=20, statistic=statistics.median)
-        run = engine_runs(engine, prompts, args.new)
+        run = engine_runs(engine, prompts, args.new, weight_bytes)
+        read_s = run["read_s"]
         decode_tokens = batch * (args.new - 1)
         result = {"bench": "decode", "batch": batch, "prompt": args.prompt, "new_tokens": args.new,
                   "prefill_tokens_per_s": round(batch * args.prompt / run["prefill_s"], 1),

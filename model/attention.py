@@ -23,23 +23,25 @@ from model.sharding import constrain
 class KVCache:
     """Keys and values for every layer, indexed by position; a value passed in and returned.
 
-    k, v:         [layers, batch, length, kv_heads, head_dim]
+    k, v:         [layers, batch, length, kv_heads, head_dim]; or, for the decode layout
+                  (`per_layer`), a tuple of one [batch, length, kv_heads, head_dim] array per layer
     segment_ids:  [batch, length] int32; 0 marks a position not yet written
     """
 
-    k: jax.Array
-    v: jax.Array
+    k: jax.Array | tuple[jax.Array, ...]
+    v: jax.Array | tuple[jax.Array, ...]
     segment_ids: jax.Array
 
     @classmethod
-    def init(cls, cfg: ModelConfig, batch: int, length: int, dtype=None) -> "KVCache":
+    def init(cls, cfg: ModelConfig, batch: int, length: int, dtype=None, per_layer: bool = False) -> "KVCache":
         dtype = dtype or cfg.compute_dtype
-        shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
-        return cls(
-            k=jnp.zeros(shape, dtype),
-            v=jnp.zeros(shape, dtype),
-            segment_ids=jnp.zeros((batch, length), jnp.int32),
-        )
+        shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+        if per_layer:
+            k = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+            v = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+        else:
+            k, v = jnp.zeros((cfg.num_layers, *shape), dtype), jnp.zeros((cfg.num_layers, *shape), dtype)
+        return cls(k=k, v=v, segment_ids=jnp.zeros((batch, length), jnp.int32))
 
     @property
     def length(self) -> int:

@@ -4,7 +4,7 @@ The stack is built with `nnx.vmap` (every parameter gains a leading `layers` axi
 with `jax.lax.scan`, so compile time does not grow with depth (`model.scan_unroll` unrolls a
 shallow stack, for speed). The block body is wrapped in `jax.checkpoint` with the config's named
 remat policy. The serving engine stores the stack as one module per layer instead
-(`unstack_blocks`), which decodes faster on CPU.
+(`unstack_blocks`), with a KV cache array per layer, which decodes faster on CPU.
 """
 
 from __future__ import annotations
@@ -84,20 +84,27 @@ class Transformer(nnx.Module):
         x_btd = constrain(self.embedding.encode(tokens_bt, cfg.compute_dtype), ("batch", "length", None))
 
         cache_segment_ids_bs, layer_caches = None, None
+        decode_layout = isinstance(self.blocks, nnx.List)
+        if cache is not None and isinstance(cache.k, tuple) != decode_layout:
+            raise ValueError("the decode layout (unstack_blocks) takes a per-layer cache, KVCache.init(..., per_layer=True); "
+                             "the stacked model takes a stacked one")
         if cache is not None:
             where_bt = write_positions(positions_bt, segment_ids_bt, cache.length)
             batch_b1 = jnp.arange(tokens_bt.shape[0])[:, None]
             cache_segment_ids_bs = cache.segment_ids.at[batch_b1, where_bt].set(segment_ids_bt, mode="drop")
             layer_caches = (cache.k, cache.v)
 
-        if isinstance(self.blocks, nnx.List):  # the decode layout (`unstack_blocks`): a loop, no remat
+        if decode_layout:  # `unstack_blocks`: a loop, no remat, and a cache array per layer
+            # Each layer's rows are written into its own (donated) array in place. One stacked array,
+            # sliced per layer and written back, made XLA:CPU copy the whole stack after every layer.
+            new_caches = []
             for index, block in enumerate(self.blocks):
                 layer_cache = None if cache is None else (layer_caches[0][index], layer_caches[1][index])
                 x_btd, layer_cache = block(x_btd, positions_bt, segment_ids_bt, layer_cache, cache_segment_ids_bs)
-                if cache is not None:
-                    layer_caches = tuple(all_.at[index].set(one) for all_, one in zip(layer_caches, layer_cache))
+                new_caches.append(layer_cache)
             if cache is not None:
-                cache = KVCache(*layer_caches, segment_ids=cache_segment_ids_bs)
+                k, v = zip(*new_caches)
+                cache = KVCache(k=k, v=v, segment_ids=cache_segment_ids_bs)
             return self._logits(x_btd), cache
 
         blocks_graph, blocks_state = nnx.split(self.blocks)

@@ -57,8 +57,8 @@ class SamplingParams:
 class Prefix:
     """A prefilled prompt, ready to insert: its cache rows, its length, its first token."""
 
-    k: jax.Array  # [layers, 1, bucket, kv_heads, head_dim]
-    v: jax.Array
+    k: tuple[jax.Array, ...]  # per layer: [1, bucket, kv_heads, head_dim]
+    v: tuple[jax.Array, ...]
     length: jax.Array  # i32 []
     first: Sampled  # rows of 1
     rows: SamplingRows  # rows of 1
@@ -68,7 +68,7 @@ class Prefix:
 
 @struct.dataclass
 class DecodeState:
-    cache: KVCache  # [layers, slots, cache_len, ...]
+    cache: KVCache  # per layer: [slots, cache_len, kv_heads, head_dim]
     tokens: jax.Array  # i32 [B]: each slot's last token, the next step's input
     positions: jax.Array  # i32 [B]: where that token goes in the cache
     remaining: jax.Array  # i32 [B]: tokens the slot may still produce
@@ -90,21 +90,14 @@ def _first_slots(decode: DecodeState, width: int) -> DecodeState:
     """The state of slots [0, width) (a copy, unless that is all of them)."""
     if width == decode.tokens.shape[0]:
         return decode
-    cut = lambda x, axis=0: jax.lax.slice_in_dim(x, 0, width, axis=axis)  # noqa: E731
-    cache = decode.cache
-    return jax.tree.map(cut, decode.replace(cache=None)).replace(
-        cache=KVCache(k=cut(cache.k, 1), v=cut(cache.v, 1), segment_ids=cut(cache.segment_ids)))
+    return jax.tree.map(lambda x: jax.lax.slice_in_dim(x, 0, width), decode)
 
 
 def _put_first_slots(decode: DecodeState, part: DecodeState) -> DecodeState:
     """`decode` with slots [0, width) replaced by `part` (in place: `decode` is donated)."""
     if part.tokens.shape == decode.tokens.shape:
         return part
-    put = lambda x, p, axis=0: jax.lax.dynamic_update_slice_in_dim(x, p, 0, axis)  # noqa: E731
-    cache, part_cache = decode.cache, part.cache
-    merged = jax.tree.map(put, decode.replace(cache=None), part.replace(cache=None))
-    return merged.replace(cache=KVCache(k=put(cache.k, part_cache.k, 1), v=put(cache.v, part_cache.v, 1),
-                                        segment_ids=put(cache.segment_ids, part_cache.segment_ids)))
+    return jax.tree.map(lambda x, p: jax.lax.dynamic_update_slice_in_dim(x, p, 0, 0), decode, part)
 
 
 def _in_dtype(weight, dtype: str):
@@ -154,13 +147,14 @@ class Engine:
         shards = int(np.prod([mesh.shape[axis] for axis in ("dcn_data", "data", "fsdp") if axis in mesh.shape]))
         self.widths = widths(slots, shards)
         # Slots split over the data axes, kv heads over `tensor` where they can (see LOGICAL_RULES).
-        cache_spec = logical_to_spec(("layers", "batch", "length", "kv", "head_dim"))
+        cache_spec = logical_to_spec(("batch", "length", "kv", "head_dim"))
         cache_sharding, replicated = NamedSharding(mesh, cache_spec), NamedSharding(mesh, PartitionSpec())
         self._prefill = jax.jit(self._prefill_fn)
         self._insert = jax.jit(self._insert_fn, donate_argnums=0)
         self._step = jax.jit(self._step_fn, donate_argnums=1)
         state_shardings = jax.tree.map(lambda _: replicated, jax.eval_shape(self._empty_state_fn))
-        state_shardings = state_shardings.replace(cache=state_shardings.cache.replace(k=cache_sharding, v=cache_sharding))
+        per_layer = (cache_sharding,) * cfg.num_layers
+        state_shardings = state_shardings.replace(cache=state_shardings.cache.replace(k=per_layer, v=per_layer))
         self._empty_state = jax.jit(self._empty_state_fn, out_shardings=state_shardings)
         self.decode_state = jax.eval_shape(self._empty_state) if abstract else self._empty_state()
 
@@ -169,7 +163,7 @@ class Engine:
         bucket = tokens_1t.shape[1]
         positions_1t = jnp.arange(bucket, dtype=jnp.int32)[None]
         segments_1t = (positions_1t < length).astype(jnp.int32)
-        cache = KVCache.init(self.cfg, 1, bucket)
+        cache = KVCache.init(self.cfg, 1, bucket, per_layer=True)
         logits_1tv, cache = forward(self.graphdef, self._state(weights), tokens_1t, positions_1t, segments_1t, cache)
         first = sample(logits_1tv[:, length - 1], rows, jnp.reshape(length, (1,)))
         return Prefix(k=cache.k, v=cache.v, length=length, first=first, rows=rows, remaining=remaining,
@@ -178,8 +172,8 @@ class Engine:
     def _insert_fn(self, decode: DecodeState, prefix: Prefix, slot):
         cache = decode.cache
         zero = jnp.zeros((), jnp.int32)
-        k = jax.lax.dynamic_update_slice(cache.k, prefix.k.astype(cache.k.dtype), (zero, slot, zero, zero, zero))
-        v = jax.lax.dynamic_update_slice(cache.v, prefix.v.astype(cache.v.dtype), (zero, slot, zero, zero, zero))
+        put = lambda all_, one: jax.lax.dynamic_update_slice(all_, one.astype(all_.dtype), (slot, zero, zero, zero))  # noqa: E731
+        k, v = tuple(map(put, cache.k, prefix.k)), tuple(map(put, cache.v, prefix.v))
         row_s = (jnp.arange(self.cache_len) < prefix.length).astype(jnp.int32)
         segment_ids = cache.segment_ids.at[slot].set(row_s)  # the old request's rows are masked off
         first_token = prefix.first.tokens[0]
@@ -224,8 +218,8 @@ class Engine:
 
     def _empty_state_fn(self) -> DecodeState:
         b = self.slots
-        return DecodeState(cache=KVCache.init(self.cfg, b, self.cache_len), tokens=jnp.zeros((b,), jnp.int32),
-                           positions=jnp.zeros((b,), jnp.int32), remaining=jnp.zeros((b,), jnp.int32),
+        return DecodeState(cache=KVCache.init(self.cfg, b, self.cache_len, per_layer=True),
+                           tokens=jnp.zeros((b,), jnp.int32), positions=jnp.zeros((b,), jnp.int32), remaining=jnp.zeros((b,), jnp.int32),
                            stop_ids=jnp.full((b, MAX_STOP_IDS), -1, jnp.int32), active=jnp.zeros((b,), bool),
                            rows=SamplingRows.zeros(b))
 

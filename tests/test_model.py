@@ -146,10 +146,14 @@ def test_unrolled_scan_and_per_layer_decode_layout_change_nothing_but_speed():
             blocks = nnx.merge(graphdef, state).blocks
             assert len(blocks) == cfg.num_layers and blocks[0].mlp.down_md.shape == (cfg.mlp_dim, cfg.d_model)
         logits, _ = jit_forward(graphdef, state, tokens)
-        _, cache = jit_forward(graphdef, state, tokens[:, :5], None, None, KVCache.init(cfg, 2, 16))
-        results.append((logits, cache.k, cache.v))
+        _, cache = jit_forward(graphdef, state, tokens[:, :5], None, None, KVCache.init(cfg, 2, 16, per_layer=unstack))
+        if unstack:  # the decode layout keeps one cache array per layer
+            assert len(cache.k) == cfg.num_layers and cache.k[0].shape == (2, 16, cfg.num_kv_heads, cfg.head_dim)
+        results.append((logits, jnp.stack(cache.k), jnp.stack(cache.v)))
     for other in results[1:]:
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6), results[0], other)
+    with pytest.raises(ValueError, match="per-layer cache"):  # a stacked cache into the decode layout
+        jit_forward(graphdef, state, tokens[:, :5], None, None, KVCache.init(cfg, 2, 16))
 
 
 def test_bfloat16_compute_keeps_float32_params_and_tracks_float32_logits():
