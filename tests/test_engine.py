@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from serving.engine import SamplingParams, buckets, widths
-from serving.sampling import SamplingRows, sample
+from serving.sampling import TOP_LOGPROBS, SamplingRows, sample
 from serving.text_stream import TextStream
 from tests.helpers import facts_on_simulated_devices, jit_forward
 from tests.serving_helpers import EOS, REAL_VOCAB, make_engine, prompt_of, request, running, served_model
@@ -193,6 +193,15 @@ def test_greedy_sampled_and_top_k_1_rows_in_one_batch_each_follow_their_own_para
     best = np.asarray(jnp.argmax(logits, -1))
     assert out.tokens[0] == best[0] and out.tokens[2] == best[2]
     np.testing.assert_allclose(out.logprobs, jax.nn.log_softmax(logits)[jnp.arange(3), out.tokens], rtol=1e-5)
+
+
+def test_the_reported_alternatives_are_the_likeliest_ids_with_their_log_probabilities():
+    logits = jax.random.normal(jax.random.key(3), (3, 50)) * 3
+    out = sample(logits, rows(temperature=[0.0, 1.0, 0.5], seed=np.uint32([0, 1, 2])), jnp.zeros(3, jnp.int32))
+    expected_ids = np.argsort(-np.asarray(logits), axis=-1)[:, :TOP_LOGPROBS]
+    np.testing.assert_array_equal(out.top_ids, expected_ids)
+    logprobs = jax.nn.log_softmax(logits)
+    np.testing.assert_allclose(out.top_logprobs, np.take_along_axis(np.asarray(logprobs), expected_ids, -1), rtol=1e-5)
 
 
 def test_top_p_keeps_only_the_smallest_set_holding_that_mass():
