@@ -72,17 +72,21 @@ def engine_run(engine: Engine, prompts: np.ndarray, new: int) -> dict:
     return {"prefill_s": prefill_s, "decode_s": decode_s, "step_s": statistics.median(step_times)}
 
 
-def engine_runs(engine: Engine, prompts: np.ndarray, new: int, weight_bytes: int, repeats: int = 3) -> dict:
-    """The median of `repeats` runs, phase by phase (one run is a few seconds: noise on a shared machine),
-    and `read_s`: the median of weight reads timed before, between and after them (10 each), so the
-    roofline is measured in the same minutes as the steps it is set against."""
+def engine_runs(engine: Engine, prompts: np.ndarray, new: int, weight_bytes: int | None = None,
+                repeats: int = 3) -> dict:
+    """The median of `repeats` runs, phase by phase (one run is a few seconds: noise on a shared machine).
+    Given `weight_bytes`, also `read_s`: the median of weight reads timed before, between and after
+    the runs (10 each), so the roofline is measured in the same minutes as the steps set against it."""
     engine_run(engine, prompts, 8)  # the first runs touch fresh buffers
-    reads = [read_seconds(weight_bytes, statistic=statistics.median)]
-    runs = []
+    reads, runs = [], []
     for _ in range(repeats):
+        if weight_bytes:
+            reads.append(read_seconds(weight_bytes, statistic=statistics.median))
         runs.append(engine_run(engine, prompts, new))
+    if weight_bytes:
         reads.append(read_seconds(weight_bytes, statistic=statistics.median))
-    return {**{key: statistics.median(run[key] for run in runs) for key in runs[0]}, "read_s": statistics.median(reads)}
+    medians = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    return {**medians, "read_s": statistics.median(reads)} if weight_bytes else medians
 
 
 def naive_run(cfg, graphdef, state, prompts: np.ndarray, new: int) -> dict:
