@@ -40,8 +40,8 @@ def _generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_bt: jax.Array, le
     positions_bt = jnp.broadcast_to(jnp.arange(padded, dtype=jnp.int32), prompt_bt.shape)
     segments_bt = (positions_bt < lengths_b[:, None]).astype(jnp.int32)
     cache = KVCache.init(cfg, batch, padded + new_tokens)
-    logits_btv, cache = forward(graphdef, state, prompt_bt, positions_bt, segments_bt, cache)
-    first_b = _pick(logits_btv[jnp.arange(batch), lengths_b - 1], keys[0], temperature, top_k)
+    logits_b1v, cache = forward(graphdef, state, prompt_bt, positions_bt, segments_bt, cache, logits_at_b=lengths_b - 1)
+    first_b = _pick(logits_b1v[:, 0], keys[0], temperature, top_k)
     out_bn = jnp.zeros((batch, new_tokens), jnp.int32).at[:, 0].set(first_b)
     ones_b1 = jnp.ones((batch, 1), jnp.int32)
 

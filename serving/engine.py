@@ -164,8 +164,10 @@ class Engine:
         positions_1t = jnp.arange(bucket, dtype=jnp.int32)[None]
         segments_1t = (positions_1t < length).astype(jnp.int32)
         cache = KVCache.init(self.cfg, 1, bucket, per_layer=True)
-        logits_1tv, cache = forward(self.graphdef, self._state(weights), tokens_1t, positions_1t, segments_1t, cache)
-        first = sample(logits_1tv[:, length - 1], rows, jnp.reshape(length, (1,)))
+        last_1 = jnp.reshape(length - 1, (1,))
+        logits_11v, cache = forward(self.graphdef, self._state(weights), tokens_1t, positions_1t, segments_1t, cache,
+                                    logits_at_b=last_1)
+        first = sample(logits_11v[:, 0], rows, last_1 + 1)
         return Prefix(k=cache.k, v=cache.v, length=length, first=first, rows=rows, remaining=remaining,
                       stop_ids=stop_ids_s)
 

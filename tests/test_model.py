@@ -38,8 +38,10 @@ def test_prefill_then_decode_matches_full_forward_for_ragged_prompts(variant):
     segments = (np.arange(padded) < prompt_lens[:, None]).astype(np.int32)
     positions = np.broadcast_to(np.arange(padded), (batch, padded))
     cache = KVCache.init(cfg, batch, 32)
-    logits, cache = jit_forward(graphdef, state, prompt, positions, segments, cache)
-    cached = [logits[np.arange(batch), prompt_lens - 1]]
+    # Only each prompt's last position gets logits (`logits_at_b`), as the engine's prefill asks.
+    logits, cache = jit_forward(graphdef, state, prompt, positions, segments, cache, prompt_lens - 1)
+    assert logits.shape == (batch, 1, cfg.vocab_size)
+    cached = [logits[:, 0]]
 
     # Decode: one token per step, each row at its own position.
     for step in range(steps):
