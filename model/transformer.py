@@ -89,8 +89,8 @@ class Transformer(nnx.Module):
         cache_segment_ids_bs, layer_caches = None, None
         decode_layout = isinstance(self.blocks, nnx.List)
         if cache is not None and isinstance(cache.k, tuple) != decode_layout:
-            raise ValueError("the decode layout (unstack_blocks) takes a per-layer cache, KVCache.init(..., per_layer=True); "
-                             "the stacked model takes a stacked one")
+            raise ValueError("the decode layout (unstack_blocks) takes a per-layer cache, "
+                             "KVCache.init(..., per_layer=True); the stacked model takes a stacked one")
         if cache is not None:
             where_bt = write_positions(positions_bt, segment_ids_bt, cache.length)
             batch_b1 = jnp.arange(tokens_bt.shape[0])[:, None]

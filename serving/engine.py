@@ -174,7 +174,11 @@ class Engine:
     def _insert_fn(self, decode: DecodeState, prefix: Prefix, slot):
         cache = decode.cache
         zero = jnp.zeros((), jnp.int32)
-        put = lambda all_, one: jax.lax.dynamic_update_slice(all_, one.astype(all_.dtype), (slot, zero, zero, zero))  # noqa: E731
+
+        def put(layer_all, layer_prefix):  # one layer's cache, the prompt's rows at row `slot`
+            prompt_rows = layer_prefix.astype(layer_all.dtype)
+            return jax.lax.dynamic_update_slice(layer_all, prompt_rows, (slot, zero, zero, zero))
+
         k, v = tuple(map(put, cache.k, prefix.k)), tuple(map(put, cache.v, prefix.v))
         row_s = (jnp.arange(self.cache_len) < prefix.length).astype(jnp.int32)
         segment_ids = cache.segment_ids.at[slot].set(row_s)  # the old request's rows are masked off
@@ -221,7 +225,8 @@ class Engine:
     def _empty_state_fn(self) -> DecodeState:
         b = self.slots
         return DecodeState(cache=KVCache.init(self.cfg, b, self.cache_len, per_layer=True),
-                           tokens=jnp.zeros((b,), jnp.int32), positions=jnp.zeros((b,), jnp.int32), remaining=jnp.zeros((b,), jnp.int32),
+                           tokens=jnp.zeros((b,), jnp.int32), positions=jnp.zeros((b,), jnp.int32),
+                           remaining=jnp.zeros((b,), jnp.int32),
                            stop_ids=jnp.full((b, MAX_STOP_IDS), -1, jnp.int32), active=jnp.zeros((b,), bool),
                            rows=SamplingRows.zeros(b))
 
