@@ -18,7 +18,6 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from model.attention import KVCache
 from model.transformer import forward
 
 
@@ -35,11 +34,11 @@ def _pick(logits_bv: jax.Array, key: jax.Array, temperature: float, top_k: int |
 def _generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_bt: jax.Array, lengths_b: jax.Array,
               new_tokens: int, temperature: float, top_k: int | None, seed: jax.Array) -> jax.Array:
     batch, padded = prompt_bt.shape
-    cfg = nnx.merge(graphdef, state).cfg
+    model = nnx.merge(graphdef, state)
     keys = jax.random.split(jax.random.key(seed), new_tokens)
     positions_bt = jnp.broadcast_to(jnp.arange(padded, dtype=jnp.int32), prompt_bt.shape)
     segments_bt = (positions_bt < lengths_b[:, None]).astype(jnp.int32)
-    cache = KVCache.init(cfg, batch, padded + new_tokens)
+    cache = model.init_cache(batch, padded + new_tokens)  # stacked, or per layer in the decode layout
     logits_b1v, cache = forward(graphdef, state, prompt_bt, positions_bt, segments_bt, cache, logits_at_b=lengths_b - 1)
     first_b = _pick(logits_b1v[:, 0], keys[0], temperature, top_k)
     out_bn = jnp.zeros((batch, new_tokens), jnp.int32).at[:, 0].set(first_b)

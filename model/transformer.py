@@ -140,6 +140,10 @@ class Transformer(nnx.Module):
             cache = KVCache(k=layer_caches[0], v=layer_caches[1], segment_ids=cache_segment_ids_bs)
         return self._logits(x_btd, logits_at_b), cache
 
+    def init_cache(self, batch: int, length: int) -> KVCache:
+        """An empty KV cache in this model's layout: one array per layer in the decode layout."""
+        return KVCache.init(self.cfg, batch, length, per_layer=isinstance(self.blocks, nnx.List))
+
     def _logits(self, x_btd: jax.Array, at_b: jax.Array | None) -> jax.Array:
         if at_b is not None:
             x_btd = jnp.take_along_axis(x_btd, at_b[:, None, None], axis=1)

@@ -6,6 +6,7 @@ from data import world
 from data.segments import Image, Text
 from data.world_builder import build_world
 from model.generate import generate
+from model.transformer import unstack_blocks
 from tests.helpers import build, jit_forward, small_model_config
 from training.evaluate import answer_segments, is_right, world_tasks
 
@@ -22,6 +23,9 @@ def test_generate_equals_argmax_of_the_full_forward_for_ragged_prompts():
             logits, _ = jit_forward(graphdef, state, np.array([sequence]))
             sequence.append(int(np.argmax(logits[0, -1])))
         assert row.tolist() == sequence[len(prompt):]
+    # The decode layout (one module and one cache array per layer) generates the same tokens.
+    unstacked = generate(*unstack_blocks(graphdef, state), prompts, new_tokens=5, pad_to=8)
+    np.testing.assert_array_equal(unstacked, generated)
 
 
 def _right_answer(vocab, task, reference, prompt_segments=None):
