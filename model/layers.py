@@ -11,6 +11,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from model.int8 import Int8Matrix
+from model.output_major import OutputMajor, product
 from model.sharding import constrain
 
 
@@ -47,7 +48,8 @@ def dense(x: jax.Array, w: jax.Array, contract: int = 1, out_dtype=None) -> jax.
 
 
 def project(x: jax.Array, w: nnx.Param, contract: int = 1, out_dtype=None) -> jax.Array:
-    """`dense` of x against a weight matrix, read in x's dtype.
+    """`dense` of x against a weight matrix, read in x's dtype (or held output-major: see
+    model/output_major.py).
 
     An int8 matrix (model/int8.py: the decode engine's `serve.int8_weights`) enters the product as
     its int8 values, and its per-output-channel scale multiplies the product's output. Compiled for
@@ -55,6 +57,8 @@ def project(x: jax.Array, w: nnx.Param, contract: int = 1, out_dtype=None) -> ja
     (XLA:CPU converts a float32 copy first: README, "Int8 on the tiny run").
     """
     value = w.get_value()
+    if isinstance(value, OutputMajor):  # decoding (model/output_major.py): no gradient is taken
+        return product(x, value, out_dtype)
     if isinstance(value, Int8Matrix):
         out = dense(x, value.values.astype(x.dtype), contract, out_dtype)
         scale = value.scale.reshape(value.scale.shape[contract:])  # the output channels' axes

@@ -30,7 +30,7 @@ from flax import nnx, struct
 from jax.sharding import NamedSharding, PartitionSpec
 
 from configs.base import ModelConfig
-from model import int8
+from model import int8, output_major
 from model.attention import KVCache
 from model.sharding import logical_to_spec
 from model.transformer import forward, unstack_blocks
@@ -135,11 +135,12 @@ class Engine:
         # The weights travel as a flat list of arrays: jit flattens that in C++, where an nnx.State
         # costs Python calls per leaf on every step. They are kept in the compute dtype (float32
         # parameters in a bfloat16 model would double what every step reads), or as int8 matrices
-        # with per-channel scales (model/int8.py), which the model reads as such.
+        # with per-channel scales (model/int8.py), which the model reads as such. Float matrices that
+        # decode faster output-major are stored so (model/output_major.py).
         if int8_weights:
             state = int8.quantize(state)
         else:
-            state = jax.tree.map(lambda w: _in_dtype(w, cfg.compute_dtype), state)
+            state = output_major.transpose(jax.tree.map(lambda w: _in_dtype(w, cfg.compute_dtype), state))
         self.weights, self._weights_def = jax.tree.flatten(state)
         abstract = isinstance(self.weights[0], jax.ShapeDtypeStruct)  # compile-only: shapes, no memory
         self.slots, self.cache_len, self.eos_id, self.real_vocab = slots, cache_len, eos_id, real_vocab

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import struct
 
 CANDIDATES = 64  # the most a top_k may ask for; also what an unlimited top_k samples among
+BLOCK = 64  # ids per block in `top_candidates`' first pass
 TOP_LOGPROBS = 5  # alternatives reported per token (OpenAI allows up to 5 for completions)
 
 
@@ -44,6 +45,27 @@ class Sampled:
     top_logprobs: jax.Array  # f32 [B, TOP_LOGPROBS]: ... and theirs
 
 
+def top_candidates(logits_bv: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """`jax.lax.top_k(logits_bv, k)` (the same values, likeliest first, and their ids), in two passes.
+
+    XLA:CPU's top_k walks every id of every row on one core: 1.6 ms for 32 rows of 32,768. The k
+    likeliest ids lie in the k blocks of BLOCK ids with the largest maxima (a block holding one of
+    them has a maximum at least as large, and only k values can be that large), so a max per block,
+    a top_k of those, and a top_k of the k blocks' ids find them: 1.0 ms.
+    """
+    b, vocab = logits_bv.shape
+    blocks = -(-vocab // BLOCK)
+    if blocks <= k:
+        return jax.lax.top_k(logits_bv, k)
+    padded_bv = jnp.pad(logits_bv, ((0, 0), (0, blocks * BLOCK - vocab)), constant_values=-jnp.inf)
+    blocked_bnl = padded_bv.reshape(b, blocks, BLOCK)
+    _, best_blocks_bk = jax.lax.top_k(blocked_bnl.max(axis=-1), k)
+    within_bkl = jnp.take_along_axis(blocked_bnl, best_blocks_bk[:, :, None], axis=1)
+    values_bk, where_bk = jax.lax.top_k(within_bkl.reshape(b, k * BLOCK), k)
+    ids_bk = jnp.take_along_axis(best_blocks_bk, where_bk // BLOCK, axis=1) * BLOCK + where_bk % BLOCK
+    return values_bk, ids_bk
+
+
 def sample(logits_bv: jax.Array, rows: SamplingRows, positions_b: jax.Array) -> Sampled:
     """The next token of every row, and the log-probabilities the API reports."""
     vocab = logits_bv.shape[-1]
@@ -54,7 +76,7 @@ def sample(logits_bv: jax.Array, rows: SamplingRows, positions_b: jax.Array) -> 
     # The candidates come sorted, likeliest first: top-k is a prefix, top-p a prefix by mass. Their
     # log-probabilities are their logits less the row's logsumexp (no [B, V] array of them is made).
     candidates = min(CANDIDATES, vocab)
-    best_logits_bc, best_ids_bc = jax.lax.top_k(logits_bv, candidates)
+    best_logits_bc, best_ids_bc = top_candidates(logits_bv, candidates)
     best_bc = best_logits_bc - jax.nn.logsumexp(logits_bv, axis=-1, keepdims=True)
     rank_c = jnp.arange(candidates)
     limit_b = jnp.where(rows.top_k > 0, jnp.minimum(rows.top_k, candidates), candidates)

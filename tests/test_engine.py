@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from serving.engine import SamplingParams, buckets, widths
-from serving.sampling import TOP_LOGPROBS, SamplingRows, sample
+from serving.sampling import TOP_LOGPROBS, SamplingRows, sample, top_candidates
 from serving.text_stream import TextStream
 from tests.helpers import facts_on_simulated_devices, jit_forward
 from tests.serving_helpers import EOS, REAL_VOCAB, make_engine, prompt_of, request, running, served_model
@@ -202,6 +202,17 @@ def test_the_reported_alternatives_are_the_likeliest_ids_with_their_log_probabil
     np.testing.assert_array_equal(out.top_ids, expected_ids)
     logprobs = jax.nn.log_softmax(logits)
     np.testing.assert_allclose(out.top_logprobs, np.take_along_axis(np.asarray(logprobs), expected_ids, -1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("vocab", [8192, 5000, 1000])  # more blocks than k; a padded last block; too few
+def test_top_candidates_in_two_passes_are_top_k(vocab):
+    logits = jax.random.normal(jax.random.key(vocab), (4, vocab)) * 3
+    logits = logits.at[1].set(-jnp.inf).at[1, 7].set(0.0)  # a row allowed one id: the rest are ties at -inf
+    values, ids = map(np.asarray, top_candidates(logits, 64))
+    expected_values, expected_ids = map(np.asarray, jax.lax.top_k(logits, 64))
+    np.testing.assert_array_equal(values, expected_values)
+    np.testing.assert_array_equal(ids[[0, 2, 3]], expected_ids[[0, 2, 3]])
+    assert ids[1, 0] == 7 and len(set(ids[1].tolist())) == 64 and (ids < vocab).all()
 
 
 def test_top_p_keeps_only_the_smallest_set_holding_that_mass():

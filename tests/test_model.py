@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from model import output_major
 from model.attention import KVCache, grouped_attention
 from model.loss import cross_entropy
 from model.sharding import LOGICAL_RULES
@@ -137,23 +138,28 @@ def test_a_query_that_may_see_no_key_gets_finite_output_and_gradients():
     np.testing.assert_allclose(out[0, 0], jnp.repeat(v[0, 0], 2, axis=0), rtol=1e-6)  # its one key's value, per head
 
 
-def test_unrolled_scan_and_per_layer_decode_layout_change_nothing_but_speed():
+def test_unrolled_scan_per_layer_decode_layout_and_output_major_matrices_change_nothing_but_speed():
     tokens = random_tokens(6, (2, 12), small_model_config())
     results = []
-    for unroll, unstack in ((1, False), (2, False), (1, True)):
-        cfg = small_model_config(scan_unroll=unroll)
+    for unroll, unstack, transposed in ((1, False, False), (2, False, False), (1, True, False), (1, True, True)):
+        cfg = small_model_config(scan_unroll=unroll, tie_embeddings=False)  # untied: the head is transposed too
         graphdef, state = build(cfg)  # same seed: same weights
         if unstack:
             graphdef, state = unstack_blocks(graphdef, state)
             blocks = nnx.merge(graphdef, state).blocks
             assert len(blocks) == cfg.num_layers and blocks[0].mlp.down_md.shape == (cfg.mlp_dim, cfg.d_model)
+        if transposed:  # as the engine holds them: [out, in]
+            state = output_major.transpose(state)
+            model = nnx.merge(graphdef, state)
+            assert model.blocks[0].mlp.down_md.get_value().values_oi.shape == (cfg.d_model, cfg.mlp_dim)
+            assert model.unembed_dv.get_value().values_oi.shape == (cfg.vocab_size, cfg.d_model)
         logits, _ = jit_forward(graphdef, state, tokens)
         _, cache = jit_forward(graphdef, state, tokens[:, :5], None, None, KVCache.init(cfg, 2, 16, per_layer=unstack))
         if unstack:  # the decode layout keeps one cache array per layer
             assert len(cache.k) == cfg.num_layers and cache.k[0].shape == (2, 16, cfg.num_kv_heads, cfg.head_dim)
         results.append((logits, jnp.stack(cache.k), jnp.stack(cache.v)))
     for other in results[1:]:
-        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6), results[0], other)
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5), results[0], other)
     with pytest.raises(ValueError, match="per-layer cache"):  # a stacked cache into the decode layout
         jit_forward(graphdef, state, tokens[:, :5], None, None, KVCache.init(cfg, 2, 16))
 
