@@ -62,6 +62,11 @@ def _quantize(w, axes: tuple[int, ...]) -> Int8Matrix:
     return jax.jit(quantize_matrix, static_argnums=1, out_shardings=out_shardings)(w, axes)
 
 
+def param_name(path) -> str | None:
+    """The name of the parameter at `path` in an nnx.State (its last dict key: `gate_dm`, `unembed_dv`)."""
+    return next((key.key for key in reversed(path) if isinstance(key, jax.tree_util.DictKey)), None)
+
+
 def quantize(state):
     """`state` (an nnx.State in the decode layout, one module per layer: `unstack_blocks`; arrays or
     shapes with shardings) with every matrix named in CONTRACTED_AXES replaced by an Int8Matrix.
@@ -70,7 +75,7 @@ def quantize(state):
     def one(path, leaf):
         if leaf.ndim < 2:  # norm scales
             return leaf
-        name = next((key.key for key in reversed(path) if isinstance(key, jax.tree_util.DictKey)), None)
+        name = param_name(path)
         if name not in CONTRACTED_AXES:
             raise KeyError(f"int8: no contracted axes known for parameter {jax.tree_util.keystr(path)} "
                            f"(add it to model/int8.py CONTRACTED_AXES)")

@@ -58,7 +58,7 @@ def project(x: jax.Array, w: nnx.Param, contract: int = 1, out_dtype=None) -> ja
     """
     value = w.get_value()
     if isinstance(value, OutputMajor):  # decoding (model/output_major.py): no gradient is taken
-        return product(x, value, out_dtype)
+        return product(x, value, contract, out_dtype)
     if isinstance(value, Int8Matrix):
         out = dense(x, value.values.astype(x.dtype), contract, out_dtype)
         scale = value.scale.reshape(value.scale.shape[contract:])  # the output channels' axes
