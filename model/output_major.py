@@ -8,8 +8,8 @@ variants compiled in one process and timed alternately), batch-32 step: 18.1 ms 
 them, 17.5 with the head alone transposed, 16.7 with the MLP's matrices too (17.4 with gate and up
 but not down, 18.3 with down but not gate and up); batch 1 within noise of before (5.2-5.3 ms).
 
-Attention's projections stay as they are: transposed too, the batch-32 step measured 16.2-16.5 ms
-against 16.2-16.4 without. The embedding table is looked up by row, and as the tied head it is
+Attention's projections stay as they are: transposed too (all four, or q and o, or o), the batch-32
+step measured 16.2-16.7 ms against 16.2-16.4 without. The embedding table is looked up by row, and as the tied head it is
 already [vocab, d]. Int8 weights (model/int8.py) keep the training layout: their scales are per
 output channel of that layout, and on CPU the engine converts them to float before each product.
 """
