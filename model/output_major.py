@@ -3,14 +3,14 @@
 A decode step multiplies a few rows of activations (one per slot) by each weight. The engine holds
 these matrices transposed (`transpose`), and `project` (model/layers.py) computes W . x^T and moves
 the output axis last; between the MLP's products XLA then keeps the hidden activations in the
-products' own layout. Measured in the engine at the bench shape (bench/decode.py's step, three
+products' own layout. Measured in the engine at the bench shape (bench/decode.py's step, the
 variants compiled in one process and timed alternately), batch-32 step: 18.1 ms as training stores
 them, 17.5 with the head alone transposed, 16.7 with the MLP's matrices too (17.4 with gate and up
 but not down, 18.3 with down but not gate and up); batch 1 within noise of before (5.2-5.3 ms).
 
 Attention's projections stay as they are: transposed too (all four, or q and o, or o), the batch-32
-step measured 16.2-16.7 ms against 16.2-16.4 without. The embedding table is looked up by row, and as the tied head it is
-already [vocab, d]. Int8 weights (model/int8.py) keep the training layout: their scales are per
+step measured 16.2-16.7 ms against 16.2-16.4 without. The embedding table is looked up by row, and
+as the tied head it is already [vocab, d]. Int8 weights (model/int8.py) keep the training layout: their scales are per
 output channel of that layout, and on CPU the engine converts them to float before each product.
 """
 
