@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 
 
-def _seconds(fn, *args, repeats: int, statistic: Callable[[Sequence[float]], float] = min) -> float:
+def call_seconds(fn, *args, repeats: int, statistic: Callable[[Sequence[float]], float] = min) -> float:
+    """Seconds per call of a jitted `fn`, compiled and warmed first: `statistic` (by default the best)
+    of `repeats` calls."""
     jax.block_until_ready(fn(*args))  # compile and warm the caches
     times = []
     for _ in range(repeats):
@@ -28,7 +30,7 @@ def matmul_peak_flops(size: int = 2048, dtype: str = "float32", repeats: int = 5
     """FLOP/s of the best of `repeats` jitted [size, size] @ [size, size] products (2 size^3 FLOPs each)."""
     a = jax.random.normal(jax.random.key(0), (size, size), dtype)
     b = jax.random.normal(jax.random.key(1), (size, size), dtype)
-    return 2 * size**3 / _seconds(jax.jit(jnp.matmul), a, b, repeats=repeats)
+    return 2 * size**3 / call_seconds(jax.jit(jnp.matmul), a, b, repeats=repeats)
 
 
 def read_seconds(nbytes: int, repeats: int = 10, statistic: Callable[[Sequence[float]], float] = min) -> float:
@@ -40,4 +42,4 @@ def read_seconds(nbytes: int, repeats: int = 10, statistic: Callable[[Sequence[f
     what the step can do.
     """
     x = jnp.ones((nbytes // 4,), jnp.float32)
-    return _seconds(jax.jit(jnp.sum), x, repeats=repeats, statistic=statistic)
+    return call_seconds(jax.jit(jnp.sum), x, repeats=repeats, statistic=statistic)
