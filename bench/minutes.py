@@ -64,7 +64,8 @@ def main() -> None:
         "batch32_attention": (jax.jit(lambda q, k, mask: grouped_attention(q, k, k, mask)), (
             jax.random.normal(keys[4], (32, 1, 8, 64)), jax.random.normal(keys[5], (32, 256, 1, 64)),
             jnp.ones((32, 1, 256), bool))),
-        "batch32_top_k": (jax.jit(lambda logits: jax.lax.top_k(logits, 64)), (jax.random.normal(keys[0], (32, 32768)),)),
+        "batch32_top_k": (jax.jit(lambda logits: jax.lax.top_k(logits, 64)),
+                          (jax.random.normal(keys[0], (32, 32768)),)),
     }
     samples, end = [], time.time() + args.seconds
     while time.time() < end:
@@ -74,7 +75,8 @@ def main() -> None:
                          ("slow", [s for s in samples if s["read_s"] >= FAST_READ_S])):
         if chosen:
             medians = {key: statistics.median(s[key] for s in chosen) for key in chosen[0] if key != "time"}
-            print(json.dumps({"bench": "minutes", "kind": kind, "samples": len(chosen), **_rounded(medians)}), flush=True)
+            summary = {"bench": "minutes", "kind": kind, "samples": len(chosen), **_rounded(medians)}
+            print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":

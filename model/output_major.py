@@ -10,8 +10,9 @@ but not down, 18.3 with down but not gate and up); batch 1 within noise of befor
 
 Attention's projections stay as they are: transposed too (all four, or q and o, or o), the batch-32
 step measured 16.2-16.7 ms against 16.2-16.4 without. The embedding table is looked up by row, and
-as the tied head it is already [vocab, d]. Int8 weights (model/int8.py) keep the training layout: their scales are per
-output channel of that layout, and on CPU the engine converts them to float before each product.
+as the tied head it is already [vocab, d]. Int8 weights (model/int8.py) keep the training layout:
+their scales are per output channel of that layout, and on CPU the engine converts them to float
+before each product.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def product(x: jax.Array, w: OutputMajor, contract: int, out_dtype=None) -> jax.
     """x's last `contract` axes against the matrix's: what `dense(x, w)` is, computed as w . x^T."""
     values = w.values_oi.astype(x.dtype)
     out_axes = values.ndim - contract
-    out_o_lead = jnp.tensordot(values, x, (tuple(range(out_axes, values.ndim)), tuple(range(x.ndim - contract, x.ndim))),
-                               preferred_element_type=out_dtype)
+    axes = (tuple(range(out_axes, values.ndim)), tuple(range(x.ndim - contract, x.ndim)))
+    out_o_lead = jnp.tensordot(values, x, axes, preferred_element_type=out_dtype)
     return jnp.moveaxis(out_o_lead, tuple(range(out_axes)), tuple(range(-out_axes, 0)))
 
 
