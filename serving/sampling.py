@@ -57,6 +57,8 @@ def top_candidates(logits_bv: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     blocks = -(-vocab // BLOCK)
     if blocks <= k:
         return jax.lax.top_k(logits_bv, k)
+    # Padding ids never come out: top_k puts the lower index first among equals, and the padded
+    # block is the last of more than k blocks, so any -inf candidates come from real blocks first.
     padded_bv = jnp.pad(logits_bv, ((0, 0), (0, blocks * BLOCK - vocab)), constant_values=-jnp.inf)
     blocked_bnl = padded_bv.reshape(b, blocks, BLOCK)
     _, best_blocks_bk = jax.lax.top_k(blocked_bnl.max(axis=-1), k)
