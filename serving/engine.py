@@ -57,8 +57,8 @@ class SamplingParams:
 class Prefix:
     """A prefilled prompt, ready to insert: its cache rows, its length, its first token."""
 
-    k: tuple[jax.Array, ...]  # per layer: [1, bucket, kv_heads, head_dim]
-    v: tuple[jax.Array, ...]
+    k: tuple[jax.Array, ...]  # per layer: [1, kv_heads, head_dim, bucket] (KVCache: keys length-last)
+    v: tuple[jax.Array, ...]  # per layer: [1, bucket, kv_heads, head_dim]
     length: jax.Array  # i32 []
     first: Sampled  # rows of 1
     rows: SamplingRows  # rows of 1
@@ -68,7 +68,7 @@ class Prefix:
 
 @struct.dataclass
 class DecodeState:
-    cache: KVCache  # per layer: [slots, cache_len, kv_heads, head_dim]
+    cache: KVCache  # per layer: keys [slots, kv_heads, head_dim, cache_len], values [slots, cache_len, kv_heads, head_dim]
     tokens: jax.Array  # i32 [B]: each slot's last token, the next step's input
     positions: jax.Array  # i32 [B]: where that token goes in the cache
     remaining: jax.Array  # i32 [B]: tokens the slot may still produce
@@ -148,14 +148,16 @@ class Engine:
         shards = int(np.prod([mesh.shape[axis] for axis in ("dcn_data", "data", "fsdp") if axis in mesh.shape]))
         self.widths = widths(slots, shards)
         # Slots split over the data axes, kv heads over `tensor` where they can (see LOGICAL_RULES).
-        cache_spec = logical_to_spec(("batch", "length", "kv", "head_dim"))
-        cache_sharding, replicated = NamedSharding(mesh, cache_spec), NamedSharding(mesh, PartitionSpec())
+        keys_sharding = NamedSharding(mesh, logical_to_spec(("batch", "kv", "head_dim", "length")))
+        values_sharding = NamedSharding(mesh, logical_to_spec(("batch", "length", "kv", "head_dim")))
+        replicated = NamedSharding(mesh, PartitionSpec())
         self._prefill = jax.jit(self._prefill_fn)
         self._insert = jax.jit(self._insert_fn, donate_argnums=0)
         self._step = jax.jit(self._step_fn, donate_argnums=1)
         state_shardings = jax.tree.map(lambda _: replicated, jax.eval_shape(self._empty_state_fn))
-        per_layer = (cache_sharding,) * cfg.num_layers
-        state_shardings = state_shardings.replace(cache=state_shardings.cache.replace(k=per_layer, v=per_layer))
+        layers = cfg.num_layers
+        state_shardings = state_shardings.replace(
+            cache=state_shardings.cache.replace(k=(keys_sharding,) * layers, v=(values_sharding,) * layers))
         self._empty_state = jax.jit(self._empty_state_fn, out_shardings=state_shardings)
         self.decode_state = jax.eval_shape(self._empty_state) if abstract else self._empty_state()
 

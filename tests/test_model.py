@@ -117,7 +117,7 @@ def test_grouped_attention_matches_jax_nn_attention_values_and_gradients(kv_head
     mask_bts = jnp.asarray(np.broadcast_to(mask, (2, 7, 9)))
 
     def ours(q, k, v):
-        return grouped_attention(q, k, v, mask_bts)
+        return grouped_attention(q, k.transpose(0, 2, 3, 1), v, mask_bts)  # keys length-last
 
     def reference(q, k, v):
         return jax.nn.dot_product_attention(q, k, v, mask=mask_bts[:, None], implementation="xla")
@@ -132,8 +132,9 @@ def test_a_query_that_may_see_no_key_gets_finite_output_and_gradients():
     q = jax.random.normal(jax.random.key(0), (1, 2, 2, 8))  # 2 queries, 2 heads
     k, v = jax.random.normal(jax.random.key(1), (2, 1, 3, 1, 8))  # 3 keys, 1 kv head
     mask_bts = jnp.asarray(np.array([[[True, False, False], [False, False, False]]]))  # query 2: padding
-    out = grouped_attention(q, k, v, mask_bts)
-    grads = jax.grad(lambda q: jnp.sum(grouped_attention(q, k, v, mask_bts)))(q)
+    keys = k.transpose(0, 2, 3, 1)  # length-last
+    out = grouped_attention(q, keys, v, mask_bts)
+    grads = jax.grad(lambda q: jnp.sum(grouped_attention(q, keys, v, mask_bts)))(q)
     assert np.isfinite(out).all() and np.isfinite(grads).all()
     np.testing.assert_allclose(out[0, 0], jnp.repeat(v[0, 0], 2, axis=0), rtol=1e-6)  # its one key's value, per head
 
@@ -155,8 +156,9 @@ def test_unrolled_scan_per_layer_decode_layout_and_output_major_matrices_change_
             assert model.unembed_dv.get_value().values_oi.shape == (cfg.vocab_size, cfg.d_model)
         logits, _ = jit_forward(graphdef, state, tokens)
         _, cache = jit_forward(graphdef, state, tokens[:, :5], None, None, KVCache.init(cfg, 2, 16, per_layer=unstack))
-        if unstack:  # the decode layout keeps one cache array per layer
-            assert len(cache.k) == cfg.num_layers and cache.k[0].shape == (2, 16, cfg.num_kv_heads, cfg.head_dim)
+        if unstack:  # the decode layout keeps one cache array per layer, keys length-last
+            assert len(cache.k) == cfg.num_layers and cache.k[0].shape == (2, cfg.num_kv_heads, cfg.head_dim, 16)
+            assert cache.v[0].shape == (2, 16, cfg.num_kv_heads, cfg.head_dim)
         results.append((logits, jnp.stack(cache.k), jnp.stack(cache.v)))
     for other in results[1:]:
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5), results[0], other)

@@ -39,7 +39,7 @@ def reference_attention(q, k, v, segments):
     positions = index - jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
     mask = ((segments[:, :, None] == segments[:, None, :]) & (positions[:, None, :] <= positions[:, :, None])
             & (segments[:, None, :] != 0))
-    return grouped_attention(q, k, v, mask)
+    return grouped_attention(q, k.transpose(0, 2, 3, 1), v, mask)  # keys length-last
 
 
 def real_loss(attention):
