@@ -180,9 +180,9 @@ def test_more_requests_than_slots_all_complete_and_none_is_lost(engine):
 # ---- sampling rows ---------------------------------------------------------------------------
 
 
-def rows(**fields):
-    base = SamplingRows.zeros(3)
-    base = base.replace(allowed=jnp.asarray([[0, 50]] * 3, jnp.int32))
+def rows(batch=3, **fields):
+    base = SamplingRows.zeros(batch)
+    base = base.replace(allowed=jnp.asarray([[0, 50]] * batch, jnp.int32))
     return base.replace(**{k: jnp.asarray(v) for k, v in fields.items()})
 
 
@@ -195,9 +195,11 @@ def test_greedy_sampled_and_top_k_1_rows_in_one_batch_each_follow_their_own_para
     np.testing.assert_allclose(out.logprobs, jax.nn.log_softmax(logits)[jnp.arange(3), out.tokens], rtol=1e-5)
 
 
-def test_the_reported_alternatives_are_the_likeliest_ids_with_their_log_probabilities():
-    logits = jax.random.normal(jax.random.key(3), (3, 50)) * 3
-    out = sample(logits, rows(temperature=[0.0, 1.0, 0.5], seed=np.uint32([0, 1, 2])), jnp.zeros(3, jnp.int32))
+@pytest.mark.parametrize("batch", [3, 1])  # a single row takes its logsumexp as a row (sampling.py)
+def test_the_reported_alternatives_are_the_likeliest_ids_with_their_log_probabilities(batch):
+    logits = jax.random.normal(jax.random.key(3), (batch, 50)) * 3
+    out = sample(logits, rows(batch, temperature=[0.0, 1.0, 0.5][:batch], seed=np.uint32([0, 1, 2][:batch])),
+                 jnp.zeros(batch, jnp.int32))
     expected_ids = np.argsort(-np.asarray(logits), axis=-1)[:, :TOP_LOGPROBS]
     np.testing.assert_array_equal(out.top_ids, expected_ids)
     logprobs = jax.nn.log_softmax(logits)
@@ -208,7 +210,7 @@ def test_the_reported_alternatives_are_the_likeliest_ids_with_their_log_probabil
 def test_top_candidates_in_two_passes_are_top_k(vocab):
     logits = jax.random.normal(jax.random.key(vocab), (4, vocab)) * 3
     logits = logits.at[1].set(-jnp.inf).at[1, 7].set(0.0)  # a row allowed one id: the rest are ties at -inf
-    values, ids = map(np.asarray, top_candidates(logits, 64))
+    values, ids = map(np.asarray, top_candidates(logits.T, 64))  # vocab-major, as `sample` reads them
     expected_values, expected_ids = map(np.asarray, jax.lax.top_k(logits, 64))
     np.testing.assert_array_equal(values, expected_values)
     np.testing.assert_array_equal(ids[[0, 2, 3]], expected_ids[[0, 2, 3]])
