@@ -10,7 +10,11 @@ the pieces of a decode step at the bench shape, each the median of 20 calls (mod
   - batch32_product_flops: a [2048, 512] weight times 32 activation rows, as a batch-32 step's MLP;
   - batch1_product_bytes_per_s: one activation row times a [512, 2048] weight, as a batch-1 step's;
   - batch32_attention_s: multi-query attention of 32 rows over 256 cached keys (8 query heads, 64 wide);
-  - batch32_top_k_s: the 64 largest of 32 rows of 32,768 logits.
+  - batch32_top_k_s: the 64 largest of 32 rows of 32,768 logits;
+  - batch1_step_s, batch32_step_s: the decode engine's step (serving/engine.py, bench/decode.py's
+    shape: 128-token prompts in a 256-position cache), the median of 20 steps, each read back one
+    step behind as the scheduler does; and batch32_over_batch1, the tokens/s ratio they make
+    (32 x batch1_step_s / batch32_step_s), both timed within the same second.
 Prints one JSON line per sample, then one per kind of minute (reads under 4.6 ms: fast) with the
 medians. The README's "Measured" reads it: in fast minutes the read runs ~1.7x faster while the
 compute-bound pieces run slower.
@@ -25,17 +29,53 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
+from configs.base import MeshConfig
+from configs.bench import bench_config
 from model.attention import grouped_attention
 from model.hardware import call_seconds, matmul_peak_flops, read_seconds
+from model.sharding import make_mesh
+from model.transformer import Transformer
+from serving.engine import Engine, SamplingParams
 
 WEIGHT_BYTES = 253_790_208  # the bench shape's weights (bench/decode.py's roofline line)
 FAST_READ_S = 0.0046  # the slowest read seen in a fast minute
 
 
-def sample(pieces) -> dict:
+def decoding_engine(batch: int) -> Engine:
+    """bench/decode.py's engine at `batch`, every slot holding a 128-token prompt. Once a slot fills
+    its cache it stops, but a step computes every slot of its width all the same."""
+    cfg = bench_config()
+    graphdef, state = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
+    mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+    engine = Engine(cfg, graphdef, state, mesh, slots=batch, cache_len=256, eos_id=-1, real_vocab=cfg.vocab_size)
+    engine.warm_up()
+    prompts = np.random.default_rng(0).integers(10, cfg.vocab_size, (batch, 128))
+    for slot, prompt in enumerate(prompts):
+        engine.insert(engine.prefill(prompt, SamplingParams(max_tokens=128)), slot)
+    return engine
+
+
+def step_seconds(engine: Engine, steps: int = 20) -> float:
+    """The median step, one step in flight as the scheduler keeps it (bench/decode.py's loop)."""
+    live, times, previous = np.ones(engine.slots, bool), [], engine.step(np.ones(engine.slots, bool))
+    last = time.perf_counter()
+    for _ in range(steps):
+        out = engine.step(live)
+        jax.device_get(previous)
+        now = time.perf_counter()
+        times.append(now - last)
+        last, previous = now, out
+    jax.device_get(previous)
+    return statistics.median(times)
+
+
+def sample(pieces, engines: dict[int, Engine]) -> dict:
     seconds = {name: call_seconds(fn, *args, repeats=20, statistic=statistics.median)
                for name, (fn, args) in pieces.items()}
+    steps = {batch: step_seconds(engine) for batch, engine in engines.items()}
     return {
         "time": time.strftime("%H:%M:%S"),
         "read_s": read_seconds(WEIGHT_BYTES, repeats=5, statistic=statistics.median),
@@ -44,6 +84,9 @@ def sample(pieces) -> dict:
         "batch1_product_bytes_per_s": 4 * 512 * 2048 / seconds["batch1_product"],
         "batch32_attention_s": seconds["batch32_attention"],
         "batch32_top_k_s": seconds["batch32_top_k"],
+        "batch1_step_s": steps[1],
+        "batch32_step_s": steps[32],
+        "batch32_over_batch1": 32 * steps[1] / steps[32],
     }
 
 
@@ -67,9 +110,10 @@ def main() -> None:
         "batch32_top_k": (jax.jit(lambda logits: jax.lax.top_k(logits, 64)),
                           (jax.random.normal(keys[0], (32, 32768)),)),
     }
+    engines = {batch: decoding_engine(batch) for batch in (1, 32)}
     samples, end = [], time.time() + args.seconds
     while time.time() < end:
-        samples.append(sample(pieces))
+        samples.append(sample(pieces, engines))
         print(json.dumps({"bench": "minute_sample", **_rounded(samples[-1])}), flush=True)
     for kind, chosen in (("fast", [s for s in samples if s["read_s"] < FAST_READ_S]),
                          ("slow", [s for s in samples if s["read_s"] >= FAST_READ_S])):
