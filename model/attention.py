@@ -29,8 +29,8 @@ class KVCache:
     segment_ids:  [batch, length] int32; 0 marks a position not yet written
 
     Keys are stored length-last, as the scores' product q . k^T reads them: held like the values,
-    XLA:CPU copied every layer's keys transposed before each decode step's product (bench/decode.py,
-    batch 32: 16.2 -> 15.5 ms a step; batch 1: 4.9 -> 4.5 ms).
+    XLA:CPU copied every layer's keys transposed before each decode step's product (bench/decode.py's
+    engine, old and new alternating in one process: batch-32 step 16.2-16.3 -> 15.5-15.6 ms).
     """
 
     k: jax.Array | tuple[jax.Array, ...]
@@ -156,8 +156,9 @@ class Attention(nnx.Module):
         elif self.backend in ("xla", "splash"):
             out_btnh = grouped_attention(q_btnh, keys_bkhs, values_bskh, mask_bts)
         else:
+            keys_bskh = keys_bkhs.transpose(0, 3, 1, 2)  # jax.nn takes them as the values
             out_btnh = jax.nn.dot_product_attention(
-                q_btnh, keys_bkhs.transpose(0, 3, 1, 2), values_bskh, mask=mask_bts[:, None], implementation=self.backend
+                q_btnh, keys_bskh, values_bskh, mask=mask_bts[:, None], implementation=self.backend
             )
         out_btd = project(out_btnh, self.o_nhd, contract=2)
         return out_btd, cache

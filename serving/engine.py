@@ -68,7 +68,7 @@ class Prefix:
 
 @struct.dataclass
 class DecodeState:
-    cache: KVCache  # per layer: keys [slots, kv_heads, head_dim, cache_len], values [slots, cache_len, kv_heads, head_dim]
+    cache: KVCache  # per layer: keys [slots, kv_heads, head_dim, cache_len], values [slots, cache_len, kv, head_dim]
     tokens: jax.Array  # i32 [B]: each slot's last token, the next step's input
     positions: jax.Array  # i32 [B]: where that token goes in the cache
     remaining: jax.Array  # i32 [B]: tokens the slot may still produce
