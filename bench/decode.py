@@ -1,11 +1,13 @@
 """The decoding engine alone at the bench shape (63.4M parameters, fp32, CPU): prefill and decode tokens/s.
 
-    python bench/decode.py [--batches 1 8 32] [--prompt 128] [--new 128] [--vs-hf] [--naive] [--int8]
+    python bench/decode.py [--batches 1 8 32] [--prompt 128] [--new 128] [--vs-hf] [--naive] [--int8] [--sampled]
 
 For each batch B: B prompts of `--prompt` random tokens are prefilled and inserted into B slots
 (serving/engine.py), then the slots decode `--new` tokens each (the first comes from the
 prefill), reading each step's tokens back one step behind as the scheduler does; the median of
-three runs. Greedy rows (the step runs the sampling code for every row either way).
+three runs. Greedy rows, reporting no log-probabilities, as HF's greedy generate() is timed: the
+step then takes each row's likeliest token and skips the top-k (serving/sampling.py). `--sampled`
+draws every row at temperature 1 instead, through the top-k, to show what that costs.
 Prints JSON lines:
   - the roofline, measured in this run: the matmul peak, and the time to read an array the size
     of the weights once (model/hardware.py, best of 10), which bounds a batch-1 step from below;
@@ -47,12 +49,12 @@ from serving.engine import Engine, SamplingParams
 EOS = -1  # no stop id: every row decodes its full budget
 
 
-def engine_run(engine: Engine, prompts: np.ndarray, new: int) -> dict:
+def engine_run(engine: Engine, prompts: np.ndarray, new: int, temperature: float = 0.0) -> dict:
     """Prefill + insert every prompt, then decode to `new` tokens each; seconds of each phase."""
     batch = len(prompts)
-    params = SamplingParams(max_tokens=new)
     start = time.perf_counter()
     for slot, prompt in enumerate(prompts):
+        params = SamplingParams(max_tokens=new, temperature=temperature, seed=slot)
         engine.insert(engine.prefill(prompt, params), slot)
     jax.block_until_ready(engine.decode_state.tokens)
     prefill_s = time.perf_counter() - start
@@ -73,16 +75,16 @@ def engine_run(engine: Engine, prompts: np.ndarray, new: int) -> dict:
 
 
 def engine_runs(engine: Engine, prompts: np.ndarray, new: int, weight_bytes: int | None = None,
-                repeats: int = 3) -> dict:
+                repeats: int = 3, temperature: float = 0.0) -> dict:
     """The median of `repeats` runs, phase by phase (one run is a few seconds: noise on a shared machine).
     Given `weight_bytes`, also `read_s`: the median of weight reads timed before, between and after
     the runs (10 each), so the roofline is measured in the same minutes as the steps set against it."""
-    engine_run(engine, prompts, 8)  # the first runs touch fresh buffers
+    engine_run(engine, prompts, 8, temperature)  # the first runs touch fresh buffers
     reads, runs = [], []
     for _ in range(repeats):
         if weight_bytes:
             reads.append(read_seconds(weight_bytes, statistic=statistics.median))
-        runs.append(engine_run(engine, prompts, new))
+        runs.append(engine_run(engine, prompts, new, temperature))
     if weight_bytes:
         reads.append(read_seconds(weight_bytes, statistic=statistics.median))
     medians = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
@@ -137,6 +139,7 @@ def main() -> None:
     parser.add_argument("--vs-hf", action="store_true", help="also time HF generate() in PyTorch (`bench` extra)")
     parser.add_argument("--naive", action="store_true", help="also time the straightforward jitted loop")
     parser.add_argument("--int8", action="store_true", help="int8 weights in the engine (serve.int8_weights)")
+    parser.add_argument("--sampled", action="store_true", help="draw every row at temperature 1 (not greedy)")
     args = parser.parse_args()
 
     cfg = bench_config()
@@ -155,10 +158,11 @@ def main() -> None:
         engine = Engine(cfg, graphdef, state, mesh, slots=batch, cache_len=args.prompt + args.new, eos_id=EOS,
                         real_vocab=cfg.vocab_size, int8_weights=args.int8)
         engine.warm_up()
-        run = engine_runs(engine, prompts, args.new, weight_bytes)
+        run = engine_runs(engine, prompts, args.new, weight_bytes, temperature=1.0 if args.sampled else 0.0)
         read_s = run["read_s"]
         decode_tokens = batch * (args.new - 1)
         result = {"bench": "decode", "batch": batch, "prompt": args.prompt, "new_tokens": args.new,
+                  "rows": "sampled" if args.sampled else "greedy",
                   "prefill_tokens_per_s": round(batch * args.prompt / run["prefill_s"], 1),
                   "decode_tokens_per_s": round(decode_tokens / run["decode_s"], 1),
                   "step_s": round(run["step_s"], 5),

@@ -394,7 +394,7 @@ async def _stream(server, generation: Generation, body, chat: bool) -> AsyncIter
 def _delta(server, choice: Choice, text: str, token: Token | None, done: bool, body, chat: bool) -> dict:
     finish = choice.finish_reason if done else None
     logprobs = None
-    if body.logprobs not in (None, False) and token is not None:  # completions' logprobs=0 still asks
+    if body.reports_logprobs() and token is not None:
         logprobs = _chat_logprobs(server, [token], body) if chat else _completion_logprobs(server, [token], body)
     if chat:
         delta = {"content": text} if text else {}
@@ -410,9 +410,9 @@ def _choice_body(server, choice: Choice, body, chat: bool) -> dict:
         message = {"role": "assistant", "content": text}
         if choice.prompt.kind == "image":
             message["images"] = _images(server, choice)
-        logprobs = _chat_logprobs(server, choice.tokens, body) if body.logprobs else None
+        logprobs = _chat_logprobs(server, choice.tokens, body) if body.reports_logprobs() else None
         return {"index": choice.index, "message": message, "logprobs": logprobs, "finish_reason": choice.finish_reason}
-    logprobs = _completion_logprobs(server, choice.tokens, body) if body.logprobs is not None else None
+    logprobs = _completion_logprobs(server, choice.tokens, body) if body.reports_logprobs() else None
     return {"index": choice.index, "text": text, "logprobs": logprobs, "finish_reason": choice.finish_reason}
 
 

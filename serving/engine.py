@@ -51,6 +51,7 @@ class SamplingParams:
     seed: int = 0
     stop_ids: tuple[int, ...] = ()
     allowed: tuple[int, int] | None = None  # ids the request may produce, [lo, hi); None: any real id
+    logprobs: bool = False  # report each token's log-probability and the likeliest alternatives
 
 
 @struct.dataclass
@@ -246,7 +247,8 @@ class Engine:
         allowed = params.allowed or (0, self.real_vocab)
         rows = SamplingRows(temperature=np.array([params.temperature], np.float32),
                             top_k=np.array([params.top_k], np.int32), top_p=np.array([params.top_p], np.float32),
-                            seed=np.array([params.seed % 2**32], np.uint32), allowed=np.array([allowed], np.int32))
+                            seed=np.array([params.seed % 2**32], np.uint32), allowed=np.array([allowed], np.int32),
+                            report=np.array([params.logprobs]))
         return rows, np.array(stop + (-1,) * (MAX_STOP_IDS - len(stop)), np.int32)
 
     def prefill(self, prompt: np.ndarray, params: SamplingParams) -> Prefix:

@@ -30,7 +30,8 @@ class Prompt:
 
 def sampling_params(body: Sampling) -> SamplingParams:
     """The engine's parameters (max_tokens and the seed are set per choice later)."""
-    return SamplingParams(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p)
+    return SamplingParams(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
+                          logprobs=body.reports_logprobs())
 
 
 def completion_prompts(server, body: CompletionRequest) -> list[Prompt]:

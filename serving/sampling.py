@@ -1,9 +1,12 @@
 """Per-row sampling inside the jitted step: every request's parameters are rows of arrays.
 
 Greedy and sampled requests, different temperatures, top-k, top-p and seeds all run in one
-batch with no recompile and no branch: every row computes the same ops and picks its answer by
-`where`. Sampling draws from the `CANDIDATES` likeliest tokens (a `top_k` of the logits, cheap
-beside a full sort of the vocabulary); top-k and top-p then cut that sorted list per row.
+batch with no recompile: every row computes the same ops and picks its answer by `where`.
+Sampling draws from the `CANDIDATES` likeliest tokens (a `top_k` of the logits, cheap beside a
+full sort of the vocabulary); top-k and top-p then cut that sorted list per row.
+
+One branch: a step in which every row is greedy and none reports log-probabilities needs only
+each row's likeliest id, and takes it without the top-k (at batch 32, 0.1 ms against 1.2).
 
 Each row's randomness is `fold_in(key(seed), position)`, so a seeded request draws the same
 tokens whether it decodes alone or beside others, in any slot.
@@ -29,12 +32,13 @@ class SamplingRows:
     top_p: jax.Array  # f32 [B]; 1 = no limit
     seed: jax.Array  # u32 [B]
     allowed: jax.Array  # i32 [B, 2]: ids in [lo, hi) may be produced (a picture asks for image codes only)
+    report: jax.Array  # bool [B]: the request reports log-probabilities (else `Sampled`'s may be NaN)
 
     @classmethod
     def zeros(cls, rows: int) -> "SamplingRows":
         return cls(temperature=jnp.zeros((rows,), jnp.float32), top_k=jnp.zeros((rows,), jnp.int32),
                    top_p=jnp.ones((rows,), jnp.float32), seed=jnp.zeros((rows,), jnp.uint32),
-                   allowed=jnp.zeros((rows, 2), jnp.int32))
+                   allowed=jnp.zeros((rows, 2), jnp.int32), report=jnp.zeros((rows,), bool))
 
 
 @struct.dataclass
@@ -43,6 +47,35 @@ class Sampled:
     logprobs: jax.Array  # f32 [B]: the model's log-probability of each chosen token
     top_ids: jax.Array  # i32 [B, TOP_LOGPROBS]: the likeliest alternatives ...
     top_logprobs: jax.Array  # f32 [B, TOP_LOGPROBS]: ... and theirs
+
+
+def _blocked(logits_vb: jax.Array) -> jax.Array:
+    """The logits in blocks of BLOCK ids, [blocks, BLOCK, B]; a last block is padded with -inf."""
+    vocab, b = logits_vb.shape
+    blocks = -(-vocab // BLOCK)
+    padded_vb = jnp.pad(logits_vb, ((0, blocks * BLOCK - vocab), (0, 0)), constant_values=-jnp.inf)
+    return padded_vb.reshape(blocks, BLOCK, b)
+
+
+def _first_true(where_nb: jax.Array) -> jax.Array:
+    """Each column's first index where `where_nb` holds, [B] (n where none does)."""
+    n = where_nb.shape[0]
+    return jnp.min(jnp.where(where_nb, jnp.arange(n, dtype=jnp.int32)[:, None], n), axis=0)
+
+
+def likeliest(logits_vb: jax.Array) -> jax.Array:
+    """`jnp.argmax(logits_vb, axis=0)` (the lowest id among equals), through each block's maximum.
+
+    XLA:CPU's argmax is a reduction over (value, id) pairs it does not vectorise: 2.2 ms for 32
+    rows of 32,768. Maxima, the first block holding the largest, and the first id in it holding
+    it: 0.08 ms.
+    """
+    blocked_nlb = _blocked(logits_vb)
+    block_max_nb = blocked_nlb.max(axis=1)
+    best_b = block_max_nb.max(axis=0)
+    block_b = _first_true(block_max_nb == best_b)
+    within_lb = jnp.take_along_axis(blocked_nlb, block_b[None, None, :], axis=0)[0]
+    return block_b * BLOCK + _first_true(within_lb == best_b)
 
 
 def top_candidates(logits_vb: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
@@ -54,13 +87,11 @@ def top_candidates(logits_vb: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     a top_k of those, and a top_k of the k blocks' ids find them: 1.0 ms.
     """
     vocab, b = logits_vb.shape
-    blocks = -(-vocab // BLOCK)
-    if blocks <= k:
+    if -(-vocab // BLOCK) <= k:
         return jax.lax.top_k(logits_vb.T, k)
     # Padding ids never come out: top_k puts the lower index first among equals, and the padded
     # block is the last of more than k blocks, so any -inf candidates come from real blocks first.
-    padded_vb = jnp.pad(logits_vb, ((0, blocks * BLOCK - vocab), (0, 0)), constant_values=-jnp.inf)
-    blocked_nlb = padded_vb.reshape(blocks, BLOCK, b)
+    blocked_nlb = _blocked(logits_vb)
     _, best_blocks_bk = jax.lax.top_k(blocked_nlb.max(axis=1).T, k)
     within_klb = jnp.take_along_axis(blocked_nlb, best_blocks_bk.T[:, None, :], axis=0)
     values_bk, where_bk = jax.lax.top_k(within_klb.transpose(2, 0, 1).reshape(b, k * BLOCK), k)
@@ -87,7 +118,22 @@ def sample(logits_bv: jax.Array, rows: SamplingRows, positions_b: jax.Array) -> 
     ids_v1 = jnp.arange(vocab, dtype=jnp.int32)[:, None]
     inside_vb = (ids_v1 >= rows.allowed[:, 0]) & (ids_v1 < rows.allowed[:, 1])
     logits_vb = jnp.where(inside_vb, logits_vb.astype(jnp.float32), -jnp.inf)
+    drawn = jnp.any(rows.temperature > 0) | jnp.any(rows.report)
+    return jax.lax.cond(drawn, _drawn, _greedy, logits_vb, rows, positions_b)
 
+
+def _greedy(logits_vb: jax.Array, rows: SamplingRows, positions_b: jax.Array) -> Sampled:
+    """Every row's likeliest token; no log-probabilities (NaN: no row reports them)."""
+    tokens_b = likeliest(logits_vb)
+    b = tokens_b.shape[0]
+    alternatives = min(TOP_LOGPROBS, CANDIDATES, logits_vb.shape[0])
+    return Sampled(tokens=tokens_b, logprobs=jnp.full((b,), jnp.nan), top_ids=jnp.full((b, alternatives), -1, jnp.int32),
+                   top_logprobs=jnp.full((b, alternatives), jnp.nan))
+
+
+def _drawn(logits_vb: jax.Array, rows: SamplingRows, positions_b: jax.Array) -> Sampled:
+    """Every row's token drawn by its own parameters, with the log-probabilities the API reports."""
+    vocab = logits_vb.shape[0]
     # The candidates come sorted, likeliest first: top-k is a prefix, top-p a prefix by mass. Their
     # log-probabilities are their logits less the row's logsumexp (no [B, V] array of them is made).
     candidates = min(CANDIDATES, vocab)

@@ -46,6 +46,9 @@ class CompletionRequest(Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
 
+    def reports_logprobs(self) -> bool:
+        return self.logprobs is not None  # logprobs=0 asks for the chosen tokens' own
+
 
 class TextPart(Strict):
     type: Literal["text"]
@@ -87,3 +90,6 @@ class ChatRequest(Sampling):
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     modalities: list[Literal["text", "image"]] = ["text"]
+
+    def reports_logprobs(self) -> bool:
+        return self.logprobs

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from serving.engine import SamplingParams, buckets, widths
-from serving.sampling import TOP_LOGPROBS, SamplingRows, sample, top_candidates
+from serving.sampling import TOP_LOGPROBS, SamplingRows, likeliest, sample, top_candidates
 from serving.text_stream import TextStream
 from tests.helpers import facts_on_simulated_devices, jit_forward
 from tests.serving_helpers import EOS, REAL_VOCAB, make_engine, prompt_of, request, running, served_model
@@ -188,8 +188,8 @@ def rows(batch=3, **fields):
 
 def test_greedy_sampled_and_top_k_1_rows_in_one_batch_each_follow_their_own_parameters():
     logits = jax.random.normal(jax.random.key(0), (3, 50)) * 3
-    out = sample(logits, rows(temperature=[0.0, 1.0, 1.0], top_k=[0, 0, 1], seed=np.uint32([0, 1, 2])),
-                 jnp.zeros(3, jnp.int32))
+    out = sample(logits, rows(temperature=[0.0, 1.0, 1.0], top_k=[0, 0, 1], seed=np.uint32([0, 1, 2]),
+                              report=[True, False, False]), jnp.zeros(3, jnp.int32))
     best = np.asarray(jnp.argmax(logits, -1))
     assert out.tokens[0] == best[0] and out.tokens[2] == best[2]
     np.testing.assert_allclose(out.logprobs, jax.nn.log_softmax(logits)[jnp.arange(3), out.tokens], rtol=1e-5)
@@ -198,12 +198,33 @@ def test_greedy_sampled_and_top_k_1_rows_in_one_batch_each_follow_their_own_para
 @pytest.mark.parametrize("batch", [3, 1])  # a single row takes its logsumexp as a row (sampling.py)
 def test_the_reported_alternatives_are_the_likeliest_ids_with_their_log_probabilities(batch):
     logits = jax.random.normal(jax.random.key(3), (batch, 50)) * 3
-    out = sample(logits, rows(batch, temperature=[0.0, 1.0, 0.5][:batch], seed=np.uint32([0, 1, 2][:batch])),
-                 jnp.zeros(batch, jnp.int32))
+    out = sample(logits, rows(batch, temperature=[0.0, 1.0, 0.5][:batch], seed=np.uint32([0, 1, 2][:batch]),
+                              report=[True] * batch), jnp.zeros(batch, jnp.int32))
     expected_ids = np.argsort(-np.asarray(logits), axis=-1)[:, :TOP_LOGPROBS]
     np.testing.assert_array_equal(out.top_ids, expected_ids)
     logprobs = jax.nn.log_softmax(logits)
     np.testing.assert_allclose(out.top_logprobs, np.take_along_axis(np.asarray(logprobs), expected_ids, -1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [3, 1])
+def test_a_greedy_batch_takes_the_likeliest_allowed_ids_and_reports_nothing(batch):
+    logits = jax.random.normal(jax.random.key(5), (batch, 50)) * 3
+    greedy = sample(logits, rows(batch), jnp.zeros(batch, jnp.int32))  # every row greedy, none reports
+    reported = sample(logits, rows(batch, report=[True] * batch), jnp.zeros(batch, jnp.int32))
+    np.testing.assert_array_equal(greedy.tokens, np.argmax(logits, -1))
+    np.testing.assert_array_equal(greedy.tokens, reported.tokens)
+    assert np.isnan(greedy.logprobs).all() and not np.isnan(reported.logprobs).any()
+    limited = sample(logits, rows(batch, allowed=[[20, 30]] * batch), jnp.zeros(batch, jnp.int32))
+    np.testing.assert_array_equal(limited.tokens, 20 + np.argmax(logits[:, 20:30], -1))
+
+
+@pytest.mark.parametrize("vocab", [8192, 5000, 63])  # many blocks; a padded last block; a single block
+def test_likeliest_is_argmax_with_the_lowest_id_among_equals(vocab):
+    logits = jax.random.normal(jax.random.key(vocab), (vocab, 4))  # vocab-major, as `sample` reads them
+    logits = logits.at[vocab - 1, 0].set(9.0).at[vocab // 2, 0].set(9.0)  # equals, in different blocks
+    logits = logits.at[5, 1].set(9.0).at[7, 1].set(9.0)  # equals in one block
+    logits = logits.at[:, 3].set(-jnp.inf)  # a row with no allowed id
+    np.testing.assert_array_equal(likeliest(logits), [vocab // 2, 5, np.argmax(logits[:, 2]), 0])
 
 
 @pytest.mark.parametrize("vocab", [8192, 5000, 1000])  # more blocks than k; a padded last block; too few
