@@ -26,6 +26,7 @@ class TextTokenizer:
             raise ValueError(f"SentencePiece model {source} lacks the control symbols {missing}; "
                              f"train it with control_symbols={list(CONTROL)} and pad/bos/eos pieces {PAD} {BOS} {EOS}")
         self.ids = {s: self.processor.piece_to_id(s) for s in (PAD, BOS, EOS, *CONTROL)}
+        self.size, self._unk = self.processor.get_piece_size(), self.processor.unk_id()  # read per token when serving
 
     @classmethod
     def load(cls, path: str | Path) -> "TextTokenizer":
@@ -38,17 +39,12 @@ class TextTokenizer:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_bytes(self.model_proto)
 
-    @property
-    def size(self) -> int:
-        return self.processor.get_piece_size()
-
     def encode(self, text: str) -> list[int]:
         return self.processor.encode(text)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`; an id with no piece (a model may generate any id it has) reads as <unk>'s " ⁇ "."""
-        unk = self.processor.unk_id()
-        return self.processor.decode([i if 0 <= i < self.size else unk for i in ids])
+        return self.processor.decode([i if 0 <= i < self.size else self._unk for i in ids])
 
 
 def train_text_tokenizer(sentences: Iterable[str], vocab_size: int) -> TextTokenizer:

@@ -52,6 +52,9 @@ class Vocabulary:
         self.image_codes, self.audio_codes = cfg.image_vocab_size, cfg.audio_vocab_size
         self.size = cfg.vocab_size
         self.ids = text.ids
+        # What `decode` looks up for every id (a server decodes a window at every token it streams).
+        self._dropped = {self.ids[BOS], self.ids[EOS], self.ids["<pad>"]}
+        self._runs = {self.ids["<boi>"]: (self.ids["<eoi>"], IMAGE), self.ids["<boa>"]: (self.ids["<eoa>"], AUDIO)}
 
     # ---- encoding -------------------------------------------------------------------------
     def encode(self, segments: Sequence[Segment], bos: bool = True, eos: bool = True) -> Encoded:
@@ -105,8 +108,7 @@ class Vocabulary:
         `signals=False` leaves media segments as their codes, without running the codecs (a
         reply's text, re-read at every token, needs none of the pixels)."""
         ids = [int(i) for i in ids]
-        skip = {self.ids[BOS], self.ids[EOS], self.ids["<pad>"]}
-        opens = {self.ids["<boi>"]: (self.ids["<eoi>"], IMAGE), self.ids["<boa>"]: (self.ids["<eoa>"], AUDIO)}
+        skip, opens = self._dropped, self._runs
         segments: list[Segment] = []
         text_run: list[int] = []
         i = 0
