@@ -167,10 +167,8 @@ class Scheduler:
             admitted.append((request, free[0], prefix.first))
 
     def _deliver_first(self, admitted: list[tuple[Request, int, Sampled]]) -> None:
-        if not admitted:
-            return
-        firsts = jax.device_get([first for _, _, first in admitted])
-        for (request, slot, _), first in zip(admitted, firsts):
+        for request, slot, first in admitted:  # each as soon as its prefill is done, in order
+            first = jax.device_get(first)
             token = int(first.tokens[0])
             self._emit_token(request, token, first.logprobs[0], first.top_ids[0], first.top_logprobs[0])
             stop_ids = (self.engine.eos_id, *request.params.stop_ids)
