@@ -2,9 +2,8 @@
 
 Each turn of the loop:
   1. free the slots of cancelled requests (the HTTP layer cancels on disconnect, timeout, stop string);
-  2. admit waiting requests into free slots: prefill, insert;
-  3. dispatch one decode step for every slot, then deliver the admitted requests' first tokens
-     and the *previous* step's tokens.
+  2. admit waiting requests into free slots: prefill, insert, report the first token;
+  3. dispatch one decode step for every slot, then deliver the *previous* step's tokens.
 
 Delivering one step behind keeps the device busy while the host reads tokens: the next step is
 already queued when the host waits. A slot that stops on the device (a stop id, its budget)
@@ -28,7 +27,6 @@ import jax
 import numpy as np
 
 from serving.engine import Engine, SamplingParams
-from serving.sampling import Sampled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,13 +122,12 @@ class Scheduler:
                 self.wake.wait(timeout=0.1)
                 return
             self._free_cancelled()
-        admitted = self._admit()
+        self._admit()
         live = np.array([r is not None for r in self.slots])
         dispatched = None
         if live.any():
             dispatched = (self.engine.step(live), list(self.slots))
         previous, self.in_flight = self.in_flight, dispatched
-        self._deliver_first(admitted)
         if previous is not None:
             self._deliver(*previous)
         if self.metrics is not None:
@@ -145,35 +142,27 @@ class Scheduler:
             self.waiting.remove(request)
             self._finish(request, Finished(request.cancel_reason))
 
-    def _admit(self) -> list[tuple[Request, int, Sampled]]:
-        """Prefill waiting requests into free slots. Their first tokens are read after this turn's
-        step is dispatched: waiting for each before the next prefill left the device idle while the
-        host dispatched it (~1 ms a request)."""
-        admitted = []
+    def _admit(self) -> None:
         while True:
             with self.wake:
                 free = [s for s, r in enumerate(self.slots) if r is None]
                 if not free or not self.waiting:
                     self._observe_queue()
-                    return admitted
+                    return
                 request = self.waiting.popleft()
             try:
                 prefix = self.engine.prefill(request.prompt, request.params)
                 self.engine.insert(prefix, free[0])
+                first = jax.device_get(prefix.first)
             except Exception as error:  # the API checks limits first; whatever remains fails this request only
                 self._finish(request, Finished("error", f"{type(error).__name__}: {error}"))
                 continue
             self.slots[free[0]] = request
-            admitted.append((request, free[0], prefix.first))
-
-    def _deliver_first(self, admitted: list[tuple[Request, int, Sampled]]) -> None:
-        for request, slot, first in admitted:  # each as soon as its prefill is done, in order
-            first = jax.device_get(first)
             token = int(first.tokens[0])
             self._emit_token(request, token, first.logprobs[0], first.top_ids[0], first.top_logprobs[0])
             stop_ids = (self.engine.eos_id, *request.params.stop_ids)
             if token in stop_ids or request.params.max_tokens == 1:
-                self.slots[slot] = None  # the device left the slot inactive: it is free again
+                self.slots[free[0]] = None  # the device left the slot inactive: it is free again
                 self._finish(request, Finished("stop" if token in stop_ids else "length"))
 
     def _deliver(self, out, occupants: list[Request | None]) -> None:
