@@ -154,6 +154,9 @@ def test_a_completion_follows_the_openai_shape(live):
     assert choice["finish_reason"] in ("stop", "length") and isinstance(choice["text"], str)
     assert len(choice["logprobs"]["tokens"]) == body["usage"]["completion_tokens"] <= 5
     assert all(len(top) == 2 for top in choice["logprobs"]["top_logprobs"])
+    # Asked for, they are computed (a greedy step that reports nothing leaves them NaN): NaN <= 0 is False.
+    assert all(lp <= 0 for lp in choice["logprobs"]["token_logprobs"])
+    assert all(lp <= 0 for top in choice["logprobs"]["top_logprobs"] for lp in top.values())
     assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
 
 
