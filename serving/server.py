@@ -44,7 +44,11 @@ class Server:
 
     # ---- ids -> what a reply shows ------------------------------------------------------------
     def reply_text(self, ids) -> str:
-        return "".join(s.text for s in self.vocab.decode(ids, signals=False) if isinstance(s, Text))
+        """A reply's text: its image and audio codes are dropped before decoding, as a whole reply's
+        decode drops their runs. TextStream decodes a window of a few ids, which can start inside a
+        run, and a code outside one reads as <unk>'s " ⁇ "."""
+        text_ids = [i for i in ids if i < self.vocab.image_offset]
+        return "".join(s.text for s in self.vocab.decode(text_ids, signals=False) if isinstance(s, Text))
 
     def token_text(self, token: int) -> str:
         """A token as logprobs show it: its text piece, or <image:N> / <audio:N> for a code."""

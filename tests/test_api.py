@@ -18,9 +18,11 @@ import pytest
 import uvicorn
 from PIL import Image
 
+from data.segments import Text
 from model.sharding import make_mesh
 from serving.api import make_app
 from serving.server import make_server
+from serving.text_stream import TextStream
 from tests.serving_helpers import SERVE_CFG, replace_serve, served_model
 
 
@@ -160,6 +162,16 @@ def test_a_completion_follows_the_openai_shape(live):
     assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
 
 
+def test_media_codes_in_a_text_reply_stream_no_text_of_their_own(live, vocab):
+    words = vocab.encode([Text("a small red circle")], bos=False, eos=False).ids.tolist()
+    picture = [vocab.ids["<boi>"], *(vocab.image_offset + np.arange(6)).tolist(), vocab.ids["<eoi>"]]
+    clip = [vocab.ids["<boa>"], *(vocab.audio_offset + np.arange(6)).tolist()]  # left open, as a reply can end
+    ids = [*words, *picture, *words, *clip]
+    stream = TextStream(live.server.reply_text)  # each token decodes a window, which can start inside a run
+    streamed = "".join(stream.push(i) for i in ids) + stream.finish()
+    assert streamed == live.server.reply_text(ids) and "a small red circle" in streamed and "\u2047" not in streamed
+
+
 def test_streaming_and_non_streaming_return_the_same_text(live):
     for path, body in (("/v1/completions", {"prompt": "a large blue", "max_tokens": 20, "temperature": 0}),
                        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Describe:"}],
@@ -178,7 +190,7 @@ def test_streaming_and_non_streaming_return_the_same_text(live):
 
 
 def test_a_stop_string_ends_the_reply_before_it_streamed_or_not(live):
-    body = {"prompt": "a small", "max_tokens": 30, "temperature": 0}
+    body = {"prompt": "tones", "max_tokens": 60, "temperature": 0}  # the random model's reply holds 13 characters
     full = live.post("/v1/completions", body)[2]["choices"][0]["text"]
     stop = full[len(full) // 2: len(full) // 2 + 3]
     assert len(stop) == 3
