@@ -15,7 +15,7 @@ each round's request throughput, output tokens/s, time to first token and time p
 decode rate); then the rounds' median ratios.
 
 The load generator shares the machine's cores with the server, so it does as little as it can:
-one asyncio loop (32 threads blocked in http.client took 1.3 CPU-s a run, this 0.55), which
+one asyncio loop (32 threads blocked in http.client took 1.3 CPU-s a round, this 0.55), which
 counts the token chunks in what arrives without parsing them.
 """
 
