@@ -49,6 +49,13 @@ from serving.engine import Engine, SamplingParams
 EOS = -1  # no stop id: every row decodes its full budget
 
 
+def bench_model():
+    """(config, graph definition, random weights, one-device mesh) at the bench shape (configs/bench.py)."""
+    cfg = bench_config()
+    graphdef, state = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
+    return cfg, graphdef, state, make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+
+
 def engine_run(engine: Engine, prompts: np.ndarray, new: int, temperature: float = 0.0) -> dict:
     """Prefill + insert every prompt, then decode to `new` tokens each; seconds of each phase."""
     batch = len(prompts)
@@ -142,10 +149,8 @@ def main() -> None:
     parser.add_argument("--sampled", action="store_true", help="draw every row at temperature 1 (not greedy)")
     args = parser.parse_args()
 
-    cfg = bench_config()
+    cfg, graphdef, state, mesh = bench_model()
     params = counted_params(cfg)
-    mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
-    graphdef, state = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
     held = int8.quantize(unstack_blocks(graphdef, state)[1]) if args.int8 else state
     weight_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(held))
     roofline = {"bench": "roofline", "params": params, "weight_bytes": weight_bytes,

@@ -30,14 +30,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from configs.base import MeshConfig
-from configs.bench import bench_config
+from bench.decode import bench_model
 from model.attention import grouped_attention
 from model.hardware import call_seconds, matmul_peak_flops, read_seconds
-from model.sharding import make_mesh
-from model.transformer import Transformer
 from serving.engine import Engine, SamplingParams
 
 WEIGHT_BYTES = 253_790_208  # the bench shape's weights (bench/decode.py's roofline line)
@@ -47,9 +43,7 @@ FAST_READ_S = 0.0046  # the slowest read seen in a fast minute
 def decoding_engine(batch: int) -> Engine:
     """bench/decode.py's engine at `batch`, every slot holding a 128-token prompt. Once a slot fills
     its cache it stops, but a step computes every slot of its width all the same."""
-    cfg = bench_config()
-    graphdef, state = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
-    mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+    cfg, graphdef, state, mesh = bench_model()
     engine = Engine(cfg, graphdef, state, mesh, slots=batch, cache_len=256, eos_id=-1, real_vocab=cfg.vocab_size)
     engine.warm_up()
     prompts = np.random.default_rng(0).integers(10, cfg.vocab_size, (batch, 128))

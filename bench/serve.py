@@ -54,19 +54,10 @@ def bench_server_flags(slots: int, cache_len: int) -> list[str]:
 
 def engine_alone(batch: int, prompt: int, new: int):
     """The engine at batch `batch`, compiled; calling the result times it (a dict of tokens/s)."""
-    import jax
-    from flax import nnx
-
-    from bench.decode import engine_runs
-    from configs.base import MeshConfig
-    from configs.bench import bench_config
-    from model.sharding import make_mesh
-    from model.transformer import Transformer
+    from bench.decode import bench_model, engine_runs
     from serving.engine import Engine
 
-    cfg = bench_config()
-    graphdef, state = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
-    mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+    cfg, graphdef, state, mesh = bench_model()
     engine = Engine(cfg, graphdef, state, mesh, slots=batch, cache_len=prompt + new, eos_id=-1,
                     real_vocab=cfg.vocab_size)
     engine.warm_up()
