@@ -21,15 +21,14 @@ from pathlib import Path
 
 import uvicorn
 
+from checkpoints import load_vocabulary, restore_params, tokenizers_exist, untrained_vocabulary
 from configs.cli import parse
-from model.aot import compile_on_cpu, compile_only
-from model.sharding import make_mesh
+from parallel.aot import compile_on_cpu, compile_only
+from parallel.sharding import make_mesh
 from model.transformer import init_model
 from serving.api import make_app
 from serving.compile_only import compile_decode_step
 from serving.server import make_server
-from training.lm_stage import restore_params
-from training.tokenizer_stage import load_vocabulary, tokenizers_exist, untrained_vocabulary
 
 FLAGS = {
     "--workdir": dict(default=None, help="the training run to serve (default runs/<preset>)"),
@@ -47,7 +46,7 @@ FLAGS = {
 
 def main() -> None:
     cfg, flags = parse(prog="serve.py", flags=FLAGS, program="serve")
-    if flags.compile_only:  # model/aot.py, serving/compile_only.py
+    if flags.compile_only:  # parallel/aot.py, serving/compile_only.py
         compile_on_cpu()
         sys.exit(compile_only(compile_decode_step, cfg, flags.topology))
     workdir = Path(flags.workdir or f"runs/{cfg.name}")

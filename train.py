@@ -27,13 +27,14 @@ from pathlib import Path
 
 import jax
 
+from checkpoints import load_vocabulary, tokenizers_exist
 from configs.cli import parse
-from model.aot import compile_on_cpu, compile_only
-from model.host_memory import reuse_freed_memory
-from model.sharding import make_mesh
+from parallel.aot import compile_on_cpu, compile_only
+from parallel.host_memory import reuse_freed_memory
+from parallel.sharding import make_mesh
 from training.compile_only import compile_train_step
 from training.lm_stage import train_lm
-from training.tokenizer_stage import load_vocabulary, tokenizers_exist, train_tokenizers
+from training.tokenizer_stage import train_tokenizers
 
 FLAGS = {
     "--workdir": dict(default=None, help="where everything goes (default runs/<preset>)"),
@@ -65,9 +66,9 @@ def join_other_processes(flags) -> None:
 
 def main() -> None:
     started = time.perf_counter()
-    reuse_freed_memory()  # before jax runs anything (model/host_memory.py)
+    reuse_freed_memory()  # before jax runs anything (parallel/host_memory.py)
     cfg, flags = parse(prog="train.py", flags=FLAGS, program="train")
-    if flags.compile_only:  # model/aot.py, training/compile_only.py
+    if flags.compile_only:  # parallel/aot.py, training/compile_only.py
         compile_on_cpu()
         sys.exit(compile_only(compile_train_step, cfg, flags.topology))
     workdir = Path(flags.workdir or f"runs/{cfg.name}")

@@ -22,7 +22,7 @@ import numpy as np
 
 from configs.base import MeshConfig, ModelConfig
 from model.attention import KVCache
-from model.sharding import make_mesh
+from parallel.sharding import make_mesh
 from model.transformer import forward, init_model
 
 BATCH, LENGTH, CACHE = 4, 256, 320

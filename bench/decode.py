@@ -10,7 +10,7 @@ step then takes each row's likeliest token and skips the top-k (serving/sampling
 draws every row at temperature 1 instead, through the top-k, to show what that costs.
 Prints JSON lines:
   - the roofline, measured in this run: the matmul peak, and the time to read an array the size
-    of the weights once (model/hardware.py, best of 10), which bounds a batch-1 step from below;
+    of the weights once (parallel/hardware.py, best of 10), which bounds a batch-1 step from below;
   - per batch: prefill tokens/s, decode tokens/s, the decode step's median seconds and its ratio
     to the weight-read time, and end-to-end tokens/s (prefill + decode, as HF's generate() counts).
     The ratio sets like beside like: the step's median against the median of weight reads timed
@@ -20,7 +20,7 @@ Prints JSON lines:
     to the host and argmax'ed there), to show what the engine's levers are worth;
   - `--vs-hf` (the `bench` extra): HF transformers' generate() on the same shape in PyTorch, greedy,
     end-to-end, and the engine / HF ratio;
-  - `--int8`: the engine holds int8 weights (`serve.int8_weights`, model/int8.py), and the weight
+  - `--int8`: the engine holds int8 weights (`serve.int8_weights`, model/weights.py), and the weight
     read it is set against is of their bytes.
 """
 
@@ -38,12 +38,11 @@ from flax import nnx
 
 from configs.base import MeshConfig
 from configs.bench import bench_config
-from model import int8
 from model.attention import KVCache
 from model.costs import counted_params
-from model.hardware import matmul_peak_flops, read_seconds
-from model.sharding import make_mesh
-from model.transformer import Transformer, forward, unstack_blocks
+from parallel.hardware import matmul_peak_flops, read_seconds
+from parallel.sharding import make_mesh
+from model.transformer import Transformer, forward, prepare_for_decoding, to_per_layer
 from serving.engine import Engine, SamplingParams
 
 EOS = -1  # no stop id: every row decodes its full budget
@@ -101,6 +100,7 @@ def engine_runs(engine: Engine, prompts: np.ndarray, new: int, weight_bytes: int
 def naive_run(cfg, graphdef, state, prompts: np.ndarray, new: int) -> dict:
     """The straightforward loop: no donation, logits to the host every token, argmax there."""
     batch, length = prompts.shape
+    graphdef, state = to_per_layer(graphdef, state)  # the layout that takes a KV cache
     step = jax.jit(forward, static_argnums=0)
     cache = KVCache.init(cfg, batch, length + new)
     ones = jnp.ones((batch, length), jnp.int32)
@@ -151,7 +151,7 @@ def main() -> None:
 
     cfg, graphdef, state, mesh = bench_model()
     params = counted_params(cfg)
-    held = int8.quantize(unstack_blocks(graphdef, state)[1]) if args.int8 else state
+    held = prepare_for_decoding(cfg, graphdef, state, int8=True)[1] if args.int8 else state
     weight_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(held))
     roofline = {"bench": "roofline", "params": params, "weight_bytes": weight_bytes,
                 "weight_read_s": round(read_seconds(weight_bytes), 5), "matmul_peak_flops": round(matmul_peak_flops()),

@@ -3,15 +3,15 @@
     python bench/int8.py [--workdir runs/tiny] [--examples 200]
 
 Loads the latest checkpoint of `--workdir` (train it first: `python train.py --config tiny`) and
-its tokenizers, and scores the model twice in the decode layout, once with its float32 weights and
-once with every matrix int8 with per-channel scales (model/int8.py), as `serve.py
---serve.int8-weights` serves it:
+its tokenizers, and scores the model twice through the serving engine, once with its float weights
+(in the compute dtype) and once with every matrix int8 with per-channel scales (model/weights.py),
+as `serve.py --serve.int8-weights` serves it:
   - the held-out world tasks (training/evaluate.py: caption, transcription, drawing, compositional
     caption; greedy, drawing sampled with the same seeds), as accuracies;
   - teacher-forced over the same prompts, every real position: the int8 logits against the float
     ones (largest and mean absolute difference, mean KL(float || int8) in nats, and the share of
     positions whose most likely next token is the same).
-Prints JSON lines; the last one is the summary the README quotes.
+Prints JSON lines; the last one is the summary docs/performance.md quotes.
 """
 
 from __future__ import annotations
@@ -24,14 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from checkpoints import load_vocabulary, restore_params
 from configs import get_config
 from data.world_builder import build_world
-from model import int8
-from model.sharding import make_mesh
-from model.transformer import forward, unstack_blocks
-from training.evaluate import evaluate, world_tasks
-from training.lm_stage import restore_params
-from training.tokenizer_stage import load_vocabulary
+from model.transformer import forward, prepare_for_decoding
+from parallel.sharding import make_mesh
+from training.evaluate import Evaluator, world_tasks
 
 
 @jax.jit
@@ -56,7 +54,7 @@ def teacher_forced(graphdef, weights: dict, prompts: list[np.ndarray]) -> dict:
     segments_bt = (np.arange(padded) < np.array([len(p) for p in prompts])[:, None]).astype(np.int32)
     run = jax.jit(forward, static_argnums=0)
     logits = {name: run(graphdef, state, tokens_bt, None, segments_bt)[0] for name, state in weights.items()}
-    return {key: float(value) for key, value in _logit_gap(logits["float32"], logits["int8"], segments_bt == 1).items()}
+    return {key: float(value) for key, value in _logit_gap(logits["float"], logits["int8"], segments_bt == 1).items()}
 
 
 def main() -> None:
@@ -68,17 +66,17 @@ def main() -> None:
     mesh = make_mesh(cfg.mesh)
     vocab = load_vocabulary(cfg, args.workdir)
     graphdef, params, step = restore_params(cfg, args.workdir, mesh)
-    graphdef, params = unstack_blocks(graphdef, params)
-    weights = {"float32": params, "int8": int8.quantize(params)}
+    prepared = {name: prepare_for_decoding(cfg.model, graphdef, params, int8=name == "int8") for name in ("float", "int8")}
+    weights = {name: state for name, (_, state) in prepared.items()}
     bytes_of = {name: sum(leaf.nbytes for leaf in jax.tree.leaves(state)) for name, state in weights.items()}
     tasks = world_tasks(build_world(str(args.workdir.absolute() / "data")).as_data_source(), vocab, args.examples)
     accuracy = {}
-    for name, state in weights.items():
-        accuracy[name] = evaluate(graphdef, state, vocab, tasks)
+    for name in weights:
+        accuracy[name] = Evaluator(cfg.model, vocab, tasks, mesh, int8_weights=name == "int8")(graphdef, params)
         print(json.dumps({"weights": name, "step": step, "bytes": bytes_of[name], **accuracy[name]}), flush=True)
-    gaps = teacher_forced(graphdef, weights, [prompt for task in tasks for prompt in task.prompts])
+    gaps = teacher_forced(prepared["float"][0], weights, [prompt for task in tasks for prompt in task.prompts])
     print(json.dumps({"step": step, "examples_per_task": args.examples,
-                      "int8_bytes_over_float32": bytes_of["int8"] / bytes_of["float32"],
+                      "int8_bytes_over_float": bytes_of["int8"] / bytes_of["float"],
                       "accuracy_change": {key: accuracy["int8"][key] - accuracy["float32"][key] for key in accuracy["int8"]},
                       **gaps}))
 

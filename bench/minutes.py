@@ -4,9 +4,9 @@
 
 The weight read that bench/decode.py sets a batch-1 step against swings from ~7 ms to ~4 ms
 between minutes on this shared 2-core machine. This samples, every second or so, that read and
-the pieces of a decode step at the bench shape, each the median of 20 calls (model/hardware.py):
+the pieces of a decode step at the bench shape, each the median of 20 calls (parallel/hardware.py):
   - read_s: a jitted sum of an array the size of the weights (253.8 MB);
-  - matmul_peak_flops: a [2048, 2048] product (model/hardware.py);
+  - matmul_peak_flops: a [2048, 2048] product (parallel/hardware.py);
   - batch32_product_flops: a [2048, 512] weight times 32 activation rows, as a batch-32 step's MLP;
   - batch1_product_bytes_per_s: one activation row times a [512, 2048] weight, as a batch-1 step's;
   - batch32_attention_s: multi-query attention of 32 rows over 256 cached keys (8 query heads, 64 wide);
@@ -33,7 +33,7 @@ import numpy as np
 
 from bench.decode import bench_model
 from model.attention import grouped_attention
-from model.hardware import call_seconds, matmul_peak_flops, read_seconds
+from parallel.hardware import call_seconds, matmul_peak_flops, read_seconds
 from serving.engine import Engine, SamplingParams
 
 WEIGHT_BYTES = 253_790_208  # the bench shape's weights (bench/decode.py's roofline line)

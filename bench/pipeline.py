@@ -21,12 +21,12 @@ import jax
 import numpy as np
 from flax import nnx
 
+from checkpoints import load_vocabulary
 from configs import get_config
 from data.pipeline import PipelineStats, packed_batches, packing_efficiency
 from data.world_builder import build_world
 from model.loss import cross_entropy
 from model.transformer import Transformer
-from training.tokenizer_stage import load_vocabulary
 
 
 def data_wait(cfg, batches, steps: int) -> dict:

@@ -4,7 +4,7 @@ on this machine (no TPU needed; the `tpu` extra), one per process.
     python bench/pod_fit.py [--presets nano1 pro] [--markdown]
 
 Prints one JSON line per (preset, program, slice): the report of `train.py` / `serve.py
---compile-only --topology SLICE` (model/aot.py) plus the wall-clock seconds the compile took;
+--compile-only --topology SLICE` (parallel/aot.py) plus the wall-clock seconds the compile took;
 `--markdown` then prints the README's table. Exits non-zero if any plan does not fit with 10% of
 HBM to spare. Takes minutes: the largest presets compile for 512 chips.
 """

@@ -9,7 +9,7 @@ untied 32,768-id vocabulary, and no remat: the activations fit, and dots_saveabl
 same within noise (README, "Measured").
 Prints JSON lines:
   - the step: tokens/s, median step seconds, model FLOPs per step (model/costs.py, logits matmul
-    included), the matmul peak measured in this run (model/hardware.py) and MFU against it;
+    included), the matmul peak measured in this run (parallel/hardware.py) and MFU against it;
   - with --vs-torch (the `bench` extra), the same shape as an HF LlamaForCausalLM trained eagerly
     with torch AdamW on the same batch, and the JAX / torch tokens/s ratio.
 --profile DIR writes a jax.profiler trace of one step there (TensorBoard / Perfetto).
@@ -32,8 +32,8 @@ from configs import get_config
 from configs.base import REMAT_POLICIES, ModelConfig, TrainConfig
 from configs.bench import SEQ, bench_config
 from model.costs import counted_params, train_flops_per_token
-from model.hardware import matmul_peak_flops
-from model.host_memory import reuse_freed_memory
+from parallel.hardware import matmul_peak_flops
+from parallel.host_memory import reuse_freed_memory
 from model.transformer import Transformer
 from training.train_step import make_optimizer, train_step
 
@@ -123,7 +123,7 @@ def torch_step(cfg: ModelConfig, train: TrainConfig, batch: dict, steps: int) ->
 
 
 def main() -> None:
-    reuse_freed_memory()  # as train.py does (model/host_memory.py)
+    reuse_freed_memory()  # as train.py does (parallel/host_memory.py)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=4, help="timed steps after two warm-up steps")
     parser.add_argument("--vs-torch", action="store_true", help="also time HF Llama in eager PyTorch (`bench` extra)")

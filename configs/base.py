@@ -193,7 +193,7 @@ class ServeConfig:
 @dataclasses.dataclass(frozen=True)
 class PodPlan:
     """How a preset runs on one named TPU slice: its mesh, and the fields that must change to fit
-    (remat, micro-batches, slots). Checked by compiling for the slice (model/aot.py)."""
+    (remat, micro-batches, slots). Checked by compiling for the slice (parallel/aot.py)."""
 
     mesh: MeshConfig
     model: dict = dataclasses.field(default_factory=dict)  # ModelConfig fields

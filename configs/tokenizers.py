@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from model.quantizers import FSQ
+from tokenization.fsq import FSQ
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ from configs.base import DataConfig
 from data import templates
 from data.sources import Reader, read_world
 from data.vocab import Vocabulary
-from model.sharding import logical_to_spec
+from parallel.sharding import logical_to_spec
 
 FEATURES = ("inputs", "targets", "loss_mask", "modality")
 BATCH_FIELDS = FEATURES + ("segment_ids", "positions")  # what a packed batch holds: int32 [rows, seq_len] each

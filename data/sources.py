@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data import world
+from data.media import prepare_audio
 from data.segments import Audio, Image, Segment, Text
 from data.world_builder import build_world, decode_segments
 
@@ -76,8 +77,6 @@ class FeatureMapping:
         if self.kind == "caption":
             return "caption", [Image(pixels=np.asarray(_get(record, self.image))), Text(text)]
         if self.kind == "audio":
-            from model.audio_tokenizer import prepare_audio
-
             waveform = prepare_audio(np.asarray(_get(record, self.audio)), self.sample_rate)
             return "audio", [Audio(waveform=waveform), Text(text)]
         return "text", [Text(text)]

@@ -19,7 +19,7 @@ import numpy as np
 
 from configs.base import ModelConfig
 from data.segments import AUDIO, IMAGE, TEXT, Audio, Image, Segment, Text
-from data.text_tokenizer import BOS, EOS, TextTokenizer
+from tokenization.text import BOS, EOS, TextTokenizer
 
 
 class Codec(Protocol):

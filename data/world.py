@@ -298,3 +298,12 @@ def make_example(seed: int, split: str, index: int) -> tuple[str, list[Segment]]
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
     kind = example_kind(split, index)
     return kind, sample_example(rng, kind, split)
+
+
+def world_texts(seed: int, count: int) -> list[str]:
+    """The text of `count` training examples: what SentencePiece learns its pieces from."""
+    texts = []
+    for index in range(count):
+        _, segments = make_example(seed, "train", index)
+        texts += [s.text for s in segments if isinstance(s, Text)]
+    return texts

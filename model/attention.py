@@ -15,38 +15,33 @@ from flax import nnx, struct
 
 from configs.base import ModelConfig
 from model import splash
-from model.layers import RMSNorm, apply_rope, param, project
-from model.sharding import constrain
+from model.layers import RMSNorm, apply_rope, project
+from model.weights import param
+from parallel.sharding import constrain
 
 
 @struct.dataclass
 class KVCache:
-    """Keys and values for every layer, indexed by position; a value passed in and returned.
+    """Keys and values of every layer, indexed by position; a value passed in and returned.
 
-    k:            [layers, batch, kv_heads, head_dim, length]; or, for the decode layout (`per_layer`),
-                  a tuple of one [batch, kv_heads, head_dim, length] array per layer
-    v:            [layers, batch, length, kv_heads, head_dim]; or a tuple of [batch, length, kv_heads, head_dim]
+    k:            one [batch, kv_heads, head_dim, length] array per layer (length-last, as the
+                  scores' product q . k^T reads them: no transposed copy per step)
+    v:            one [batch, length, kv_heads, head_dim] array per layer
     segment_ids:  [batch, length] int32; 0 marks a position not yet written
 
-    Keys are stored length-last, as the scores' product q . k^T reads them: held like the values,
-    XLA:CPU copied every layer's keys transposed before each decode step's product (bench/decode.py's
-    engine, old and new alternating in one process: batch-32 step 16.2-16.3 -> 15.5-15.6 ms).
+    An array per layer, not one stacked array: each layer's rows are written into its own
+    (donated) buffer in place, where a stacked cache sliced and written back per layer is copied.
     """
 
-    k: jax.Array | tuple[jax.Array, ...]
-    v: jax.Array | tuple[jax.Array, ...]
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
     segment_ids: jax.Array
 
     @classmethod
-    def init(cls, cfg: ModelConfig, batch: int, length: int, dtype=None, per_layer: bool = False) -> "KVCache":
+    def init(cls, cfg: ModelConfig, batch: int, length: int, dtype=None) -> "KVCache":
         dtype = dtype or cfg.compute_dtype
-        k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, length)
-        v_shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
-        if per_layer:
-            k = tuple(jnp.zeros(k_shape, dtype) for _ in range(cfg.num_layers))
-            v = tuple(jnp.zeros(v_shape, dtype) for _ in range(cfg.num_layers))
-        else:
-            k, v = jnp.zeros((cfg.num_layers, *k_shape), dtype), jnp.zeros((cfg.num_layers, *v_shape), dtype)
+        k = tuple(jnp.zeros((batch, cfg.num_kv_heads, cfg.head_dim, length), dtype) for _ in range(cfg.num_layers))
+        v = tuple(jnp.zeros((batch, length, cfg.num_kv_heads, cfg.head_dim), dtype) for _ in range(cfg.num_layers))
         return cls(k=k, v=v, segment_ids=jnp.zeros((batch, length), jnp.int32))
 
     @property
@@ -77,13 +72,12 @@ def grouped_attention(q_btnh: jax.Array, k_bkhs: jax.Array, v_bskh: jax.Array, m
     The backend "xla": what `jax.nn.dot_product_attention` computes, laid out so that no
     [length, length] array is ever transposed. Each kv head's group of queries is folded into the
     query axis ([B, K, T*G, H]), so both products are plain batched matmuls over (B, K) and the
-    scores, softmax and their gradients stay in one layout. jax.nn's version keeps heads beside the
-    query axis and XLA:CPU copied the scores and probabilities transposed, forward and backward:
-    a fifth of the tiny preset's train step (README, "Measured"). Only the small q and output are
-    transposed here, and for multi-query attention (K = 1) not even those.
+    scores, softmax and their gradients stay in one layout (jax.nn's version keeps heads beside the
+    query axis, and XLA copies the scores and probabilities transposed, forward and backward). Only
+    the small q and output are transposed here, and for multi-query attention (K = 1) not even those.
 
-    The keys come length-last ([B, K, H, S]), as the cache holds them (KVCache): the scores'
-    product then reads them in place, where keys held like the values were copied transposed.
+    The keys come length-last ([B, K, H, S]), as the cache holds them (KVCache), so the scores'
+    product reads them in place.
 
     A query that may see no key (padding) attends uniformly rather than yielding NaN.
     """
@@ -103,10 +97,10 @@ def grouped_attention(q_btnh: jax.Array, k_bkhs: jax.Array, v_bskh: jax.Array, m
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         d, n, k, h, dtype = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.param_dtype
-        self.q_dnh = param(rngs, (d, n, h), ("embed", "heads", "head_dim"), d**-0.5, dtype)
-        self.k_dkh = param(rngs, (d, k, h), ("embed", "kv", "head_dim"), d**-0.5, dtype)
-        self.v_dkh = param(rngs, (d, k, h), ("embed", "kv", "head_dim"), d**-0.5, dtype)
-        self.o_nhd = param(rngs, (n, h, d), ("heads", "head_dim", "embed"), (n * h) ** -0.5, dtype)
+        self.q_dnh = param(rngs, (d, n, h), ("embed", "heads", "head_dim"), d**-0.5, dtype, contract=(0,))
+        self.k_dkh = param(rngs, (d, k, h), ("embed", "kv", "head_dim"), d**-0.5, dtype, contract=(0,))
+        self.v_dkh = param(rngs, (d, k, h), ("embed", "kv", "head_dim"), d**-0.5, dtype, contract=(0,))
+        self.o_nhd = param(rngs, (n, h, d), ("heads", "head_dim", "embed"), (n * h) ** -0.5, dtype, contract=(0, 1))
         self.q_norm = RMSNorm(h, "head_dim", cfg.norm_eps, dtype) if cfg.qk_norm else None
         self.k_norm = RMSNorm(h, "head_dim", cfg.norm_eps, dtype) if cfg.qk_norm else None
         self.rope_base = cfg.rope_base
@@ -160,5 +154,5 @@ class Attention(nnx.Module):
             out_btnh = jax.nn.dot_product_attention(
                 q_btnh, keys_bskh, values_bskh, mask=mask_bts[:, None], implementation=self.backend
             )
-        out_btd = project(out_btnh, self.o_nhd, contract=2)
+        out_btd = project(out_btnh, self.o_nhd)
         return out_btd, cache

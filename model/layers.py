@@ -1,89 +1,24 @@
-"""The small pieces: parameters with logical axes, a dense contraction, RMSNorm, embeddings, gated MLP, RoPE."""
+"""The small pieces: RMSNorm, embeddings, gated MLP, RoPE, and `project` (a weight matrix's product)."""
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.ad_checkpoint import checkpoint_name
 
-from model.int8 import Int8Matrix
-from model.output_major import OutputMajor, product
-from model.sharding import constrain
+from model.weights import FloatMatrix, Int8Matrix, matrix, param
+from parallel.sharding import constrain
 
 
-def param(rngs: nnx.Rngs, shape: tuple[int, ...], names: tuple[str, ...], std: float, dtype) -> nnx.Param:
-    """A normally initialised parameter carrying its logical axis names.
-
-    Sharding happens where the state is built (`init_sharded` jits with out_shardings), so the
-    variable itself is not eagerly resharded.
-    """
-    assert len(shape) == len(names), (shape, names)
-    value = std * jax.random.normal(rngs.params(), shape, dtype)
-    return nnx.Param(value, out_sharding=names, eager_sharding=False)
-
-
-def ones_param(shape: tuple[int, ...], names: tuple[str, ...], dtype) -> nnx.Param:
+def ones_param(shape: tuple[int, ...], names: tuple[str | None, ...], dtype) -> nnx.Param:
     return nnx.Param(jnp.ones(shape, dtype), out_sharding=names, eager_sharding=False)
 
 
-DENSE_OUTPUT = "dense_output"  # the checkpoint name of every `dense` result (the remat policies save it)
-
-
-def dense(x: jax.Array, w: jax.Array, contract: int = 1, out_dtype=None) -> jax.Array:
-    """x's last `contract` axes against w's first ones (`"btd,dm->btm"`, `"btnh,nhd->btd"`), as an einsum would.
-
-    The backward is written out so that the weight gradient is one plain (x^T . g) product over the
-    leading axes. What autodiff derives instead, XLA:CPU lowers by first copying the large output
-    gradient transposed, fused with whatever produced it (the silu derivative, the logits' softmax):
-    in the bench step (bench/train.py) those copies took a fifth of the step, and the gated MLP's
-    forward + backward runs 1.8x faster with this backward (README, "Measured"). The result is
-    named DENSE_OUTPUT because `jax.checkpoint`'s dots policies cannot see into a custom VJP: the
-    policies in model/transformer.py save this name, so remat keeps what it kept for an einsum.
-    """
-    return checkpoint_name(_dense(x, w, contract, out_dtype), DENSE_OUTPUT)
-
-
-def project(x: jax.Array, w: nnx.Param, contract: int = 1, out_dtype=None) -> jax.Array:
-    """`dense` of x against a weight matrix, read in x's dtype (or held output-major: see
-    model/output_major.py).
-
-    An int8 matrix (model/int8.py: the decode engine's `serve.int8_weights`) enters the product as
-    its int8 values, and its per-output-channel scale multiplies the product's output. Compiled for
-    TPU, the matmul takes the int8 weight as its operand and no full-precision copy is made
-    (XLA:CPU converts a float32 copy first: README, "Int8 on the tiny run").
-    """
-    value = w.get_value()
-    if isinstance(value, OutputMajor):  # decoding (model/output_major.py): no gradient is taken
-        return product(x, value, contract, out_dtype)
-    if isinstance(value, Int8Matrix):
-        out = dense(x, value.values.astype(x.dtype), contract, out_dtype)
-        scale = value.scale.reshape(value.scale.shape[contract:])  # the output channels' axes
-        return (out.astype(jnp.float32) * scale).astype(out.dtype)
-    return dense(x, value.astype(x.dtype), contract, out_dtype)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _dense(x, w, contract, out_dtype):
-    return jnp.tensordot(x, w, contract, preferred_element_type=out_dtype)
-
-
-def _dense_forward(x, w, contract, out_dtype):
-    return _dense(x, w, contract, out_dtype), (x, w)
-
-
-def _dense_backward(contract, out_dtype, residuals, g):
-    x, w = residuals
-    lead = x.ndim - contract  # the axes that only x and g have (batch, length)
-    dx = jnp.tensordot(g, w, (tuple(range(lead, g.ndim)), tuple(range(contract, w.ndim))))
-    dw = jnp.tensordot(x, g, (tuple(range(lead)), tuple(range(lead))))
-    return dx.astype(x.dtype), dw.astype(w.dtype)
-
-
-_dense.defvjp(_dense_forward, _dense_backward)
+def project(x: jax.Array, w: nnx.Param, out_dtype=None) -> jax.Array:
+    """x's last axes against the axes `w` contracts (declared where it was made), float or int8 alike."""
+    return matrix(w).dot(x, out_dtype)
 
 
 class RMSNorm(nnx.Module):
@@ -117,24 +52,22 @@ class Embedding(nnx.Module):
 
     def __init__(self, vocab_size: int, d_model: int, param_dtype, rngs: nnx.Rngs,
                  code_ranges: tuple[tuple[int, tuple[int, ...]], ...] = ()):
-        self.table_vd = param(rngs, (vocab_size, d_model), ("vocab", "embed"), d_model**-0.5, param_dtype)
+        # Contracted over d_model where it is the tied head; looked up by row, so scaled per row.
+        self.table_vd = param(rngs, (vocab_size, d_model), ("vocab", "embed"), d_model**-0.5, param_dtype, contract=(1,))
         self.code_ranges = tuple((int(first), tuple(int(l) for l in levels)) for first, levels in code_ranges)
         if self.code_ranges:
             digits = sum(sum(levels) for _, levels in self.code_ranges)
-            self.digits_ld = param(rngs, (digits, d_model), (None, "embed"), d_model**-0.5, param_dtype)
+            self.digits_ld = param(rngs, (digits, d_model), (None, "embed"), d_model**-0.5, param_dtype, contract=(1,))
 
-    def table(self) -> jax.Array | Int8Matrix:
+    def table(self) -> FloatMatrix | Int8Matrix:
         """The rows every id reads: with code ranges, each code's row plus its digits' rows.
 
-        With int8 weights (decoding) the table stays int8 without code ranges (the scale presets,
-        whose table is their largest matrix), and is dequantized whole with them (tiny's 3,072 rows).
+        Without code ranges (the scale presets, whose table is their largest matrix) an int8 table
+        stays int8; with them (tiny's 3,072 rows) the combined table is built from the dequantised parts.
         """
-        table_vd = self.table_vd.get_value()
         if not self.code_ranges:
-            return table_vd
-        digits_ld = self.digits_ld.get_value()
-        if isinstance(table_vd, Int8Matrix):
-            table_vd, digits_ld = table_vd.dequantize(jnp.float32), digits_ld.dequantize(jnp.float32)
+            return matrix(self.table_vd)
+        table_vd, digits_ld = matrix(self.table_vd).array(), matrix(self.digits_ld).array()
         parts, cursor, first_digit_row = [], 0, 0
         for first, levels in self.code_ranges:
             size = math.prod(levels)
@@ -148,37 +81,25 @@ class Embedding(nnx.Module):
             parts += [table_vd[cursor:first], rows_cd]
             cursor = first + size
         parts.append(table_vd[cursor:])
-        return jnp.concatenate(parts, axis=0)
+        return FloatMatrix(jnp.concatenate(parts, axis=0), contract=(1,))
 
     def encode(self, tokens_bt: jax.Array, dtype) -> jax.Array:
         # Gather the FSDP-split model dimension first (as every FSDP weight is, per use), so the
         # lookup needs only a sum over vocab shards and lands batch-split without a reshuffle.
-        table = self.table()
-        if isinstance(table, Int8Matrix):  # the int8 rows and their scales, gathered, then multiplied
-            values_vd, scale_v1 = constrain(table.values, ("vocab", None)), constrain(table.scale, ("vocab", None))
-            rows_btd = jnp.take(values_vd, tokens_bt, axis=0).astype(jnp.float32) * jnp.take(scale_v1, tokens_bt, axis=0)
-            return rows_btd.astype(dtype)
-        table_vd = constrain(table, ("vocab", None))
-        return jnp.take(table_vd, tokens_bt, axis=0).astype(dtype)
+        return self.table().rows(tokens_bt, dtype, ("vocab", None))
 
     def decode(self, x_btd: jax.Array) -> jax.Array:
-        """Tied logits: the normalised stream against every row of the table (an int8 table's
-        scales, one per row, multiply the logits instead: see `project`)."""
-        table = self.table()
-        if isinstance(table, Int8Matrix):
-            logits_btv = jnp.einsum("btd,vd->btv", x_btd, table.values.astype(x_btd.dtype),
-                                    preferred_element_type=jnp.float32)
-            return logits_btv * table.scale[:, 0]
-        return jnp.einsum("btd,vd->btv", x_btd, table.astype(x_btd.dtype), preferred_element_type=jnp.float32)
+        """Tied logits: the normalised stream against every row of the table."""
+        return self.table().dot(x_btd, out_dtype=jnp.float32)
 
 
 class GatedMLP(nnx.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
     def __init__(self, d_model: int, mlp_dim: int, param_dtype, rngs: nnx.Rngs):
-        self.gate_dm = param(rngs, (d_model, mlp_dim), ("embed", "mlp"), d_model**-0.5, param_dtype)
-        self.up_dm = param(rngs, (d_model, mlp_dim), ("embed", "mlp"), d_model**-0.5, param_dtype)
-        self.down_md = param(rngs, (mlp_dim, d_model), ("mlp", "embed"), mlp_dim**-0.5, param_dtype)
+        self.gate_dm = param(rngs, (d_model, mlp_dim), ("embed", "mlp"), d_model**-0.5, param_dtype, contract=(0,))
+        self.up_dm = param(rngs, (d_model, mlp_dim), ("embed", "mlp"), d_model**-0.5, param_dtype, contract=(0,))
+        self.down_md = param(rngs, (mlp_dim, d_model), ("mlp", "embed"), mlp_dim**-0.5, param_dtype, contract=(0,))
 
     def __call__(self, x_btd: jax.Array) -> jax.Array:
         gate_btm = project(x_btd, self.gate_dm)

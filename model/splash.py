@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
-from model.sharding import logical_to_spec
+from parallel.sharding import logical_to_spec
 
 BLOCKS = (512, 256, 128)  # query and key rows per kernel block, the largest that divides the length (512: MaxText's)
 

@@ -1,26 +1,35 @@
-"""The decoder: embedding -> a scanned stack of pre-norm blocks -> final norm -> logits.
+"""The decoder: embedding -> a stack of pre-norm blocks -> final norm -> logits.
 
-The stack is built with `nnx.vmap` (every parameter gains a leading `layers` axis) and applied
-with `jax.lax.scan`, so compile time does not grow with depth (`model.scan_unroll` unrolls a
-shallow stack, for speed). The block body is wrapped in `jax.checkpoint` with the config's named
-remat policy. The serving engine stores the stack as one module per layer instead
-(`unstack_blocks`), with a KV cache array per layer, which decodes faster on CPU.
+The stack has one of two layouts, chosen when the model is made (`layout`):
+
+  "stacked"    every parameter has a leading `layers` axis (built with `nnx.vmap`), applied with
+               `jax.lax.scan`: compile time stays flat in depth, the body is rematerialised by the
+               config's policy. Training and scoring; no KV cache.
+  "per_layer"  one module per layer, applied in a Python loop, with a KV cache array per layer
+               written in place: anything that decodes. `prepare_for_decoding` makes it from a
+               trained (stacked) state; `to_stacked` goes back.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from configs.base import ModelConfig
+from model import weights
 from model.attention import Attention, KVCache, write_positions
-from model.layers import DENSE_OUTPUT, Embedding, GatedMLP, RMSNorm, param, project
-from model.sharding import abstract_sharded, constrain, init_sharded
+from model.layers import Embedding, GatedMLP, RMSNorm, project
+from model.weights import DENSE_OUTPUT, param
+from parallel.sharding import abstract_sharded, constrain, init_sharded
+
+Layout = Literal["stacked", "per_layer"]
 
 _policies = jax.checkpoint_policies
-# `dense` products are dots without batch dims that the dots policies cannot see (a custom VJP), so
-# both save them by name: the same residuals as when the projections were einsums.
+# Float products are dots the dots policies cannot see (a custom VJP: model/weights.py), so both
+# policies also save them by name: the same residuals as plain einsums would leave.
 REMAT_POLICIES = {
     "full": _policies.nothing_saveable,
     "dots_saveable": _policies.save_from_both_policies(_policies.dots_saveable, _policies.save_only_these_names(DENSE_OUTPUT)),
@@ -46,22 +55,27 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, layout: Layout = "stacked"):
+        if layout not in ("stacked", "per_layer"):
+            raise ValueError(f"layout must be 'stacked' or 'per_layer', got {layout!r}")
+        self.cfg, self.layout = cfg, layout
         code_ranges = tuple((first, levels) for first, levels in (
             (cfg.text_vocab_size, cfg.image_code_levels), (cfg.text_vocab_size + cfg.image_vocab_size, cfg.audio_code_levels),
         ) if levels)
         self.embedding = Embedding(cfg.vocab_size, cfg.d_model, cfg.param_dtype, rngs, code_ranges)
+        if layout == "per_layer":
+            self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+        else:
+            @nnx.split_rngs(splits=cfg.num_layers)
+            @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+            def make_blocks(rngs: nnx.Rngs) -> Block:
+                return Block(cfg, rngs)
 
-        @nnx.split_rngs(splits=cfg.num_layers)
-        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-        def make_blocks(rngs: nnx.Rngs) -> Block:
-            return Block(cfg, rngs)
-
-        self.blocks = make_blocks(rngs)
+            self.blocks = make_blocks(rngs)
         self.final_norm = RMSNorm(cfg.d_model, "embed", cfg.norm_eps, cfg.param_dtype)
         if not cfg.tie_embeddings:
-            self.unembed_dv = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.d_model**-0.5, cfg.param_dtype)
+            self.unembed_dv = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.d_model**-0.5,
+                                    cfg.param_dtype, contract=(0,))
 
     def __call__(
         self,
@@ -75,9 +89,10 @@ class Transformer(nnx.Module):
 
         positions: index within each packed sequence (default 0..T-1); with a cache it is also
         the cache slot written. segment_ids: which packed sequence a token belongs to; 0 = padding
-        (default: all 1). logits_at_b: one position per row, where the logits are wanted
-        ([batch, 1, vocab] out): a prefill reads only its last prompt token's, and the head over a
-        whole prompt is its largest product and, at nano's 8k tokens x 335k ids, 11 GB of float32.
+        (default: all 1). cache: the per-layer layout only. logits_at_b: one position per row,
+        where the logits are wanted ([batch, 1, vocab] out): a prefill reads only its last prompt
+        token's, and the head over a whole prompt is its largest product (at nano's 8k tokens x
+        335k ids, 11 GB of float32).
         """
         cfg = self.cfg
         if positions_bt is None:
@@ -86,63 +101,40 @@ class Transformer(nnx.Module):
             segment_ids_bt = jnp.ones(tokens_bt.shape, jnp.int32)
         x_btd = constrain(self.embedding.encode(tokens_bt, cfg.compute_dtype), ("batch", "length", None))
 
-        cache_segment_ids_bs, layer_caches = None, None
-        decode_layout = isinstance(self.blocks, nnx.List)
-        if cache is not None and isinstance(cache.k, tuple) != decode_layout:
-            raise ValueError("the decode layout (unstack_blocks) takes a per-layer cache, "
-                             "KVCache.init(..., per_layer=True); the stacked model takes a stacked one")
+        if self.layout == "stacked":
+            if cache is not None:
+                raise ValueError("the stacked layout scores whole sequences; decode with the per-layer layout "
+                                 "(prepare_for_decoding)")
+            return self._logits(self._scan(x_btd, positions_bt, segment_ids_bt), logits_at_b), None
+
+        cache_segment_ids_bs = None
         if cache is not None:
             where_bt = write_positions(positions_bt, segment_ids_bt, cache.length)
             batch_b1 = jnp.arange(tokens_bt.shape[0])[:, None]
             cache_segment_ids_bs = cache.segment_ids.at[batch_b1, where_bt].set(segment_ids_bt, mode="drop")
-            layer_caches = (cache.k, cache.v)
+        new_k, new_v = [], []
+        for index, block in enumerate(self.blocks):
+            layer_cache = None if cache is None else (cache.k[index], cache.v[index])
+            x_btd, layer_cache = block(x_btd, positions_bt, segment_ids_bt, layer_cache, cache_segment_ids_bs)
+            if layer_cache is not None:
+                new_k.append(layer_cache[0])
+                new_v.append(layer_cache[1])
+        if cache is not None:
+            cache = KVCache(k=tuple(new_k), v=tuple(new_v), segment_ids=cache_segment_ids_bs)
+        return self._logits(x_btd, logits_at_b), cache
 
-        if decode_layout:  # `unstack_blocks`: a loop, no remat, and a cache array per layer
-            # Each layer's rows are written into its own (donated) array in place. One stacked array,
-            # sliced per layer and written back, made XLA:CPU copy the whole stack after every layer.
-            new_caches = []
-            for index, block in enumerate(self.blocks):
-                layer_cache = None if cache is None else (layer_caches[0][index], layer_caches[1][index])
-                x_btd, layer_cache = block(x_btd, positions_bt, segment_ids_bt, layer_cache, cache_segment_ids_bs)
-                new_caches.append(layer_cache)
-            if cache is not None:
-                k, v = zip(*new_caches)
-                cache = KVCache(k=k, v=v, segment_ids=cache_segment_ids_bs)
-            return self._logits(x_btd, logits_at_b), cache
-
+    def _scan(self, x_btd, positions_bt, segment_ids_bt) -> jax.Array:
+        cfg = self.cfg
         blocks_graph, blocks_state = nnx.split(self.blocks)
 
-        def layer(x_btd, block_state, layer_cache):
+        def layer(x_btd, block_state):
             block = nnx.merge(blocks_graph, block_state)
-            return block(x_btd, positions_bt, segment_ids_bt, layer_cache, cache_segment_ids_bs)
+            return block(x_btd, positions_bt, segment_ids_bt, None, None)[0], None
 
         if cfg.remat_policy != "none":
             layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
-        if cache is None:
-            x_btd, _ = jax.lax.scan(
-                lambda x, block_state: layer(x, block_state, None), x_btd, blocks_state, unroll=cfg.scan_unroll)
-        else:
-            # The whole cache rides in the carry and each layer writes its slice back in place: as the
-            # scan's per-layer output instead, XLA copied all of it every step (measured: the decode
-            # step at batch 32 took 34 ms, 21 ms of it the forward).
-            def layer_with_cache(carry, block_state):
-                x_btd, k_all, v_all, index = carry
-                x_btd, (k, v) = layer(x_btd, block_state, (k_all[index], v_all[index]))
-                k_all = jax.lax.dynamic_update_index_in_dim(k_all, k, index, 0)
-                v_all = jax.lax.dynamic_update_index_in_dim(v_all, v, index, 0)
-                return (x_btd, k_all, v_all, index + 1), None
-
-            (x_btd, k_all, v_all, _), _ = jax.lax.scan(
-                layer_with_cache, (x_btd, cache.k, cache.v, 0), blocks_state, unroll=cfg.scan_unroll)
-            layer_caches = (k_all, v_all)
-
-        if cache is not None:
-            cache = KVCache(k=layer_caches[0], v=layer_caches[1], segment_ids=cache_segment_ids_bs)
-        return self._logits(x_btd, logits_at_b), cache
-
-    def init_cache(self, batch: int, length: int) -> KVCache:
-        """An empty KV cache in this model's layout: one array per layer in the decode layout."""
-        return KVCache.init(self.cfg, batch, length, per_layer=isinstance(self.blocks, nnx.List))
+        x_btd, _ = jax.lax.scan(layer, x_btd, blocks_state, unroll=cfg.scan_unroll)
+        return x_btd
 
     def _logits(self, x_btd: jax.Array, at_b: jax.Array | None) -> jax.Array:
         if at_b is not None:
@@ -155,29 +147,59 @@ class Transformer(nnx.Module):
         return constrain(logits_btv, ("batch", "length", "vocab"))
 
 
-def unstack_blocks(graphdef: nnx.GraphDef, state: nnx.State) -> tuple[nnx.GraphDef, nnx.State]:
-    """The same model with its block stack stored as one module per layer: the decode layout.
+def _layer_of(variable: nnx.Variable, index: int) -> nnx.Variable:
+    """Layer `index` of a stacked parameter (or of its shape): the `layers` axis dropped from its
+    value, its sharding and its logical names."""
+    array = variable.get_value()
+    names = variable.get_metadata().get("out_sharding")
+    names = names[1:] if names and names[0] == "layers" else names
+    if isinstance(array, jax.ShapeDtypeStruct):
+        sharding = array.sharding
+        if sharding is not None:
+            sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*sharding.spec[1:]))
+        return variable.replace(jax.ShapeDtypeStruct(array.shape[1:], array.dtype, sharding=sharding), out_sharding=names)
+    return variable.replace(array[index], out_sharding=names)
 
-    Inside a scan, XLA:CPU copies each layer's slice out of a stacked weight before using it: a
-    third of a batch-1 decode step at the bench shape (8.1 -> 5.8 ms without). Separate arrays are
-    read in place. The layers then run in a Python loop (compile time grows with depth; decoding
-    compiles once) with no remat (nothing is differentiated). Each layer keeps its weights'
-    sharding, less the layers axis. `state` may be abstract (shapes with shardings).
-    """
 
-    def layer(array, index: int):
-        if isinstance(array, jax.ShapeDtypeStruct):
-            sharding = array.sharding
-            if sharding is not None:
-                sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*sharding.spec[1:]))
-            return jax.ShapeDtypeStruct(array.shape[1:], array.dtype, sharding=sharding)
-        return array[index]
-
+def to_per_layer(graphdef: nnx.GraphDef, state: nnx.State) -> tuple[nnx.GraphDef, nnx.State]:
+    """The same model in the per-layer layout: each layer's weights their own arrays (a decode step
+    reads them in place; sliced out of a stack inside a scan, they are copied first). Each keeps its
+    sharding, less the layers axis. `state` may be abstract (shapes with shardings)."""
     model = nnx.merge(graphdef, state)
+    if model.layout == "per_layer":
+        return graphdef, state
     blocks_graph, blocks_state = nnx.split(model.blocks)
-    model.blocks = nnx.List([nnx.merge(blocks_graph, jax.tree.map(lambda a: layer(a, i), blocks_state))
+    is_variable = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
+    model.blocks = nnx.List([nnx.merge(blocks_graph, jax.tree.map(lambda v: _layer_of(v, i), blocks_state, is_leaf=is_variable))
                              for i in range(model.cfg.num_layers)])
+    model.layout = "per_layer"
     return nnx.split(model)
+
+
+def to_stacked(graphdef: nnx.GraphDef, state: nnx.State) -> tuple[nnx.GraphDef, nnx.State]:
+    """The inverse of `to_per_layer`: the layers' weights stacked on a leading `layers` axis."""
+    model = nnx.merge(graphdef, state)
+    if model.layout == "stacked":
+        return graphdef, state
+    per_layer = [jax.tree.leaves(nnx.split(block)[1]) for block in model.blocks]
+    stacked = nnx.eval_shape(lambda: Transformer(model.cfg, rngs=nnx.Rngs(0)))
+    blocks_graph, blocks_shapes = nnx.split(stacked.blocks)
+    leaves = [jnp.stack(layers) for layers in zip(*per_layer)]
+    stacked.blocks = nnx.merge(blocks_graph, jax.tree.unflatten(jax.tree.structure(blocks_shapes), leaves))
+    stacked.embedding, stacked.final_norm = model.embedding, model.final_norm
+    if not model.cfg.tie_embeddings:
+        stacked.unembed_dv = model.unembed_dv
+    return nnx.split(stacked)
+
+
+def prepare_for_decoding(cfg: ModelConfig, graphdef: nnx.GraphDef, state: nnx.State, int8: bool = False
+                         ) -> tuple[nnx.GraphDef, nnx.State]:
+    """Trained weights as a decode step reads them: the per-layer layout, and every matrix in the
+    compute dtype (float32 parameters in a bfloat16 model would double what each step reads) or,
+    with `int8`, as int8 with per-channel scales (model/weights.py). The serving engine calls this,
+    and so does the held-out evaluation, which decodes through the engine. `state` may be abstract."""
+    graphdef, state = to_per_layer(graphdef, state)
+    return graphdef, weights.quantize(state) if int8 else weights.cast(state, cfg.compute_dtype)
 
 
 def forward(graphdef: nnx.GraphDef, state: nnx.State, tokens_bt, positions_bt=None, segment_ids_bt=None, cache=None,

@@ -11,10 +11,10 @@ from __future__ import annotations
 import jax
 
 from configs.base import Config, MeshConfig
-from model.aot import ChipReport, compile_for, hlo_flops
+from parallel.aot import ChipReport, compile_for, hlo_flops
 from model.costs import decode_flops_per_step
-from model.sharding import make_mesh
-from model.topologies import Topology
+from parallel.sharding import make_mesh
+from parallel.topologies import Topology
 from model.transformer import abstract_model
 from serving.engine import Engine
 

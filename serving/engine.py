@@ -30,10 +30,9 @@ from flax import nnx, struct
 from jax.sharding import NamedSharding, PartitionSpec
 
 from configs.base import ModelConfig
-from model import int8, output_major
 from model.attention import KVCache
-from model.sharding import logical_to_spec
-from model.transformer import forward, unstack_blocks
+from model.transformer import forward, prepare_for_decoding
+from parallel.sharding import logical_to_spec
 from serving.sampling import Sampled, SamplingRows, sample
 
 MAX_STOP_IDS = 4  # stop ids per request, <eos> among them
@@ -101,16 +100,6 @@ def _put_first_slots(decode: DecodeState, part: DecodeState) -> DecodeState:
     return jax.tree.map(lambda x, p: jax.lax.dynamic_update_slice_in_dim(x, p, 0, 0), decode, part)
 
 
-def _in_dtype(weight, dtype: str):
-    """A floating-point matrix in `dtype`, as the model casts it at every use anyway (a shape-only one
-    described so); norm scales keep theirs, for the float32 arithmetic they enter."""
-    if weight.ndim < 2 or not jnp.issubdtype(weight.dtype, jnp.floating) or weight.dtype == dtype:
-        return weight
-    if isinstance(weight, jax.ShapeDtypeStruct):
-        return jax.ShapeDtypeStruct(weight.shape, jnp.dtype(dtype), sharding=weight.sharding)
-    return weight.astype(dtype)
-
-
 def buckets(cache_len: int) -> tuple[int, ...]:
     """Prompt lengths compiled for: 16, 32, ... up to the cache length (which is always one)."""
     sizes, size = [], SMALLEST_BUCKET
@@ -129,19 +118,10 @@ def _stopped(tokens_b, remaining_b, positions_b, stop_ids_bs, cache_len):
 class Engine:
     def __init__(self, cfg: ModelConfig, graphdef: nnx.GraphDef, state: nnx.State, mesh: jax.sharding.Mesh,
                  slots: int, cache_len: int, eos_id: int, real_vocab: int, int8_weights: bool = False):
-        self.cfg, self.mesh = cfg, mesh
-        # One module per layer (see `unstack_blocks`): XLA:CPU copies each layer's slice out of a stacked
-        # weight before using it, which took a third of a batch-1 step.
-        self.graphdef, state = unstack_blocks(graphdef, state)
+        self.cfg, self.mesh, self.int8_weights = cfg, mesh, int8_weights
+        self.graphdef, state = prepare_for_decoding(cfg, graphdef, state, int8_weights)
         # The weights travel as a flat list of arrays: jit flattens that in C++, where an nnx.State
-        # costs Python calls per leaf on every step. They are kept in the compute dtype (float32
-        # parameters in a bfloat16 model would double what every step reads), or as int8 matrices
-        # with per-channel scales (model/int8.py), which the model reads as such. Float matrices that
-        # decode faster output-major are stored so (model/output_major.py).
-        if int8_weights:
-            state = int8.quantize(state)
-        else:
-            state = output_major.transpose(jax.tree.map(lambda w: _in_dtype(w, cfg.compute_dtype), state))
+        # costs Python calls per leaf on every step.
         self.weights, self._weights_def = jax.tree.flatten(state)
         abstract = isinstance(self.weights[0], jax.ShapeDtypeStruct)  # compile-only: shapes, no memory
         self.slots, self.cache_len, self.eos_id, self.real_vocab = slots, cache_len, eos_id, real_vocab
@@ -167,7 +147,7 @@ class Engine:
         bucket = tokens_1t.shape[1]
         positions_1t = jnp.arange(bucket, dtype=jnp.int32)[None]
         segments_1t = (positions_1t < length).astype(jnp.int32)
-        cache = KVCache.init(self.cfg, 1, bucket, per_layer=True)
+        cache = KVCache.init(self.cfg, 1, bucket)
         last_1 = jnp.reshape(length - 1, (1,))
         logits_11v, cache = forward(self.graphdef, self._state(weights), tokens_1t, positions_1t, segments_1t, cache,
                                     logits_at_b=last_1)
@@ -221,6 +201,14 @@ class Engine:
         return jax.tree.unflatten(self._weights_def, weights)
 
     # ---- host side ----------------------------------------------------------------------------
+    def load_weights(self, graphdef: nnx.GraphDef, state: nnx.State) -> None:
+        """Decode with new weights of the same model (the evaluation's, after more training): nothing recompiles."""
+        _, state = prepare_for_decoding(self.cfg, graphdef, state, self.int8_weights)
+        weights, weights_def = jax.tree.flatten(state)
+        if weights_def != self._weights_def:
+            raise ValueError("load_weights takes weights of the model the engine was built for")
+        self.weights = weights
+
     def lower_step(self) -> jax.stages.Lowered:
         """The step for every slot, lowered (compile-only checks: serving/compile_only.py)."""
         with jax.set_mesh(self.mesh):
@@ -228,7 +216,7 @@ class Engine:
 
     def _empty_state_fn(self) -> DecodeState:
         b = self.slots
-        return DecodeState(cache=KVCache.init(self.cfg, b, self.cache_len, per_layer=True),
+        return DecodeState(cache=KVCache.init(self.cfg, b, self.cache_len),
                            tokens=jnp.zeros((b,), jnp.int32), positions=jnp.zeros((b,), jnp.int32),
                            remaining=jnp.zeros((b,), jnp.int32),
                            stop_ids=jnp.full((b, MAX_STOP_IDS), -1, jnp.int32), active=jnp.zeros((b,), bool),

@@ -6,8 +6,7 @@ Sampling draws from the `CANDIDATES` likeliest tokens (a `top_k` of the logits, 
 full sort of the vocabulary); top-k and top-p then cut that sorted list per row.
 
 One branch: a step in which every row is greedy and none reports log-probabilities needs only
-each row's likeliest id, and takes it without the top-k (`lax.cond` runs one side). The batch-32
-step of bench/decode.py's engine: 15.2-15.5 ms through the top-k, 13.4-14.2 without.
+each row's likeliest id, and takes it without the top-k (`lax.cond` runs one side).
 
 Each row's randomness is `fold_in(key(seed), position)`, so a seeded request draws the same
 tokens whether it decodes alone or beside others, in any slot.
@@ -50,96 +49,82 @@ class Sampled:
     top_logprobs: jax.Array  # f32 [B, TOP_LOGPROBS]: ... and theirs
 
 
-def _blocked(logits_vb: jax.Array) -> jax.Array:
-    """The logits in blocks of BLOCK ids, [blocks, BLOCK, B]; a last block is padded with -inf."""
-    vocab, b = logits_vb.shape
+def _blocked(logits_bv: jax.Array) -> jax.Array:
+    """The logits in blocks of BLOCK ids, [B, blocks, BLOCK]; a last block is padded with -inf."""
+    b, vocab = logits_bv.shape
     blocks = -(-vocab // BLOCK)
-    padded_vb = jnp.pad(logits_vb, ((0, blocks * BLOCK - vocab), (0, 0)), constant_values=-jnp.inf)
-    return padded_vb.reshape(blocks, BLOCK, b)
+    padded_bv = jnp.pad(logits_bv, ((0, 0), (0, blocks * BLOCK - vocab)), constant_values=-jnp.inf)
+    return padded_bv.reshape(b, blocks, BLOCK)
 
 
-def _first_true(where_nb: jax.Array) -> jax.Array:
-    """Each column's first index where `where_nb` holds, [B] (n where none does)."""
-    n = where_nb.shape[0]
-    return jnp.min(jnp.where(where_nb, jnp.arange(n, dtype=jnp.int32)[:, None], n), axis=0)
+def _first_true(where_bn: jax.Array) -> jax.Array:
+    """Each row's first index where `where_bn` holds, [B] (n where none does)."""
+    n = where_bn.shape[-1]
+    return jnp.min(jnp.where(where_bn, jnp.arange(n, dtype=jnp.int32), n), axis=-1)
 
 
-def likeliest(logits_vb: jax.Array) -> jax.Array:
-    """`jnp.argmax(logits_vb, axis=0)` (the lowest id among equals), through each block's maximum.
+def likeliest(logits_bv: jax.Array) -> jax.Array:
+    """`jnp.argmax(logits_bv, axis=-1)` (the lowest id among equals), through each block's maximum.
 
-    XLA:CPU's argmax is a reduction over (value, id) pairs it does not vectorise: 2.2 ms for 32
-    rows of 32,768. Maxima, the first block holding the largest, and the first id in it holding
-    it: 0.08 ms.
+    An argmax is a reduction over (value, id) pairs, which XLA:CPU does not vectorise; maxima, the
+    first block holding the largest, and the first id in it holding it, are plain reductions.
     """
-    blocked_nlb = _blocked(logits_vb)
-    block_max_nb = blocked_nlb.max(axis=1)
-    best_b = block_max_nb.max(axis=0)
-    block_b = _first_true(block_max_nb == best_b)
-    within_lb = jnp.take_along_axis(blocked_nlb, block_b[None, None, :], axis=0)[0]
-    return block_b * BLOCK + _first_true(within_lb == best_b)
+    blocked_bnl = _blocked(logits_bv)
+    block_max_bn = blocked_bnl.max(axis=-1)
+    best_b1 = block_max_bn.max(axis=-1, keepdims=True)
+    block_b = _first_true(block_max_bn == best_b1)
+    within_bl = jnp.take_along_axis(blocked_bnl, block_b[:, None, None], axis=1)[:, 0]
+    return block_b * BLOCK + _first_true(within_bl == best_b1)
 
 
-def top_candidates(logits_vb: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """`jax.lax.top_k(logits_vb.T, k)` (the same values [B, k], likeliest first, and their ids), in two passes.
+def top_candidates(logits_bv: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """`jax.lax.top_k(logits_bv, k)` (the same values [B, k], likeliest first, and their ids), in two passes.
 
-    XLA:CPU's top_k walks every id of every row on one core: 1.6 ms for 32 rows of 32,768. The k
-    likeliest ids lie in the k blocks of BLOCK ids with the largest maxima (a block holding one of
-    them has a maximum at least as large, and only k values can be that large), so a max per block,
-    a top_k of those, and a top_k of the k blocks' ids find them: 1.0 ms.
+    The k likeliest ids lie in the k blocks of BLOCK ids with the largest maxima (a block holding
+    one of them has a maximum at least as large, and only k values can be that large), so a max per
+    block, a top_k of those, and a top_k of the k blocks' ids find them, where a top_k over the
+    whole vocabulary walks every id of every row.
     """
-    vocab, b = logits_vb.shape
+    b, vocab = logits_bv.shape
     if -(-vocab // BLOCK) <= k:
-        return jax.lax.top_k(logits_vb.T, k)
+        return jax.lax.top_k(logits_bv, k)
     # Padding ids never come out: top_k puts the lower index first among equals, and the padded
     # block is the last of more than k blocks, so any -inf candidates come from real blocks first.
-    blocked_nlb = _blocked(logits_vb)
-    _, best_blocks_bk = jax.lax.top_k(blocked_nlb.max(axis=1).T, k)
-    within_klb = jnp.take_along_axis(blocked_nlb, best_blocks_bk.T[:, None, :], axis=0)
-    values_bk, where_bk = jax.lax.top_k(within_klb.transpose(2, 0, 1).reshape(b, k * BLOCK), k)
+    blocked_bnl = _blocked(logits_bv)
+    _, best_blocks_bk = jax.lax.top_k(blocked_bnl.max(axis=-1), k)
+    within_bkl = jnp.take_along_axis(blocked_bnl, best_blocks_bk[:, :, None], axis=1)
+    values_bk, where_bk = jax.lax.top_k(within_bkl.reshape(b, k * BLOCK), k)
     ids_bk = jnp.take_along_axis(best_blocks_bk, where_bk // BLOCK, axis=1) * BLOCK + where_bk % BLOCK
     return values_bk, ids_bk
 
 
-def _logsumexp_over_vocab(logits_vb: jax.Array) -> jax.Array:
-    """Each column's logsumexp, [B]."""
-    if logits_vb.shape[1] == 1:  # XLA:CPU reduces a column one wide id by id: 0.67 ms, against 0.015 as a row
-        return jax.nn.logsumexp(logits_vb.T, axis=-1)
-    return jax.nn.logsumexp(logits_vb, axis=0)
-
-
 def sample(logits_bv: jax.Array, rows: SamplingRows, positions_b: jax.Array) -> Sampled:
-    """The next token of every row, and the log-probabilities the API reports.
-
-    The logits are read vocab-major ([V, B]): the decode step's head makes them so (its matrix is
-    output-major, model/output_major.py), and XLA then drops both transpositions. Read row by row,
-    they were first copied transposed: 0.45 ms of a 16 ms batch-32 step (bench/decode.py's engine).
-    """
-    logits_vb = logits_bv.T
-    vocab = logits_vb.shape[0]
-    ids_v1 = jnp.arange(vocab, dtype=jnp.int32)[:, None]
-    inside_vb = (ids_v1 >= rows.allowed[:, 0]) & (ids_v1 < rows.allowed[:, 1])
-    logits_vb = jnp.where(inside_vb, logits_vb.astype(jnp.float32), -jnp.inf)
+    """The next token of every row, and the log-probabilities the API reports."""
+    vocab = logits_bv.shape[-1]
+    ids_1v = jnp.arange(vocab, dtype=jnp.int32)[None, :]
+    inside_bv = (ids_1v >= rows.allowed[:, :1]) & (ids_1v < rows.allowed[:, 1:])
+    logits_bv = jnp.where(inside_bv, logits_bv.astype(jnp.float32), -jnp.inf)
     drawn = jnp.any(rows.temperature > 0) | jnp.any(rows.report)
-    return jax.lax.cond(drawn, _drawn, _greedy, logits_vb, rows, positions_b)
+    return jax.lax.cond(drawn, _drawn, _greedy, logits_bv, rows, positions_b)
 
 
-def _greedy(logits_vb: jax.Array, rows: SamplingRows, positions_b: jax.Array) -> Sampled:
+def _greedy(logits_bv: jax.Array, rows: SamplingRows, positions_b: jax.Array) -> Sampled:
     """Every row's likeliest token; no log-probabilities (NaN: no row reports them)."""
-    tokens_b = likeliest(logits_vb)
+    tokens_b = likeliest(logits_bv)
     b = tokens_b.shape[0]
-    alternatives = min(TOP_LOGPROBS, CANDIDATES, logits_vb.shape[0])
+    alternatives = min(TOP_LOGPROBS, CANDIDATES, logits_bv.shape[-1])
     return Sampled(tokens=tokens_b, logprobs=jnp.full((b,), jnp.nan), top_ids=jnp.full((b, alternatives), -1, jnp.int32),
                    top_logprobs=jnp.full((b, alternatives), jnp.nan))
 
 
-def _drawn(logits_vb: jax.Array, rows: SamplingRows, positions_b: jax.Array) -> Sampled:
+def _drawn(logits_bv: jax.Array, rows: SamplingRows, positions_b: jax.Array) -> Sampled:
     """Every row's token drawn by its own parameters, with the log-probabilities the API reports."""
-    vocab = logits_vb.shape[0]
+    vocab = logits_bv.shape[-1]
     # The candidates come sorted, likeliest first: top-k is a prefix, top-p a prefix by mass. Their
     # log-probabilities are their logits less the row's logsumexp (no [B, V] array of them is made).
     candidates = min(CANDIDATES, vocab)
-    best_logits_bc, best_ids_bc = top_candidates(logits_vb, candidates)
-    best_bc = best_logits_bc - _logsumexp_over_vocab(logits_vb)[:, None]
+    best_logits_bc, best_ids_bc = top_candidates(logits_bv, candidates)
+    best_bc = best_logits_bc - jax.nn.logsumexp(logits_bv, axis=-1, keepdims=True)
     rank_c = jnp.arange(candidates)
     limit_b = jnp.where(rows.top_k > 0, jnp.minimum(rows.top_k, candidates), candidates)
     keep_bc = rank_c < limit_b[:, None]
@@ -155,8 +140,8 @@ def _drawn(logits_vb: jax.Array, rows: SamplingRows, positions_b: jax.Array) -> 
     # The chosen token is always a candidate: its id and log-probability are read there.
     tokens_b = jnp.take_along_axis(best_ids_bc, choice_b[:, None], axis=-1)[:, 0]
     chosen_b = jnp.take_along_axis(best_bc, choice_b[:, None], axis=-1)[:, 0]
-    # The alternatives are the first candidates, gathered: a slice of the top-k's output made XLA:CPU
-    # sort the whole vocabulary instead (0.17 s a step at batch 32), and a second top-k cost 1.1 ms.
+    # The alternatives are the first candidates, gathered: XLA:CPU turned a slice of the top-k's
+    # output into a sort of the whole vocabulary.
     alternatives = min(TOP_LOGPROBS, candidates)
     first_bk = jnp.broadcast_to(jnp.arange(alternatives), (best_bc.shape[0], alternatives))
     return Sampled(tokens=tokens_b, logprobs=chosen_b, top_ids=jnp.take_along_axis(best_ids_bc, first_bk, axis=-1),

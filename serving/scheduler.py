@@ -99,6 +99,12 @@ class Scheduler:
         if self.thread is not None:
             self.thread.join()
 
+    def run_until_idle(self) -> None:
+        """Run turns on the calling thread until every submitted request has finished (offline use,
+        serving/offline.py: the same admissions, steps and deliveries as the server's thread)."""
+        while self.waiting or self.slots_in_use or self.in_flight is not None:
+            self._turn()
+
     @property
     def slots_in_use(self) -> int:
         return sum(r is not None for r in self.slots)

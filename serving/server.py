@@ -7,7 +7,7 @@ import time
 
 from configs.base import Config
 from data.segments import Image, Text
-from data.text_tokenizer import EOS
+from tokenization.text import EOS
 from data.vocab import Vocabulary
 from serving.engine import Engine
 from serving.media import png_data_url

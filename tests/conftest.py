@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from data.text_tokenizer import train_text_tokenizer
+from data import world
+from data.media import prepare_image
 from data.vocab import Vocabulary
-from model.image_tokenizer import prepare_image
 from tests.helpers import WORLD_MODEL
-from training.tokenizer_stage import world_texts
+from tokenization.text import train_text_tokenizer
 
 
 class BlockColourCodec:
@@ -41,7 +41,7 @@ class FrameLevelCodec:
 
 @pytest.fixture(scope="session")
 def vocab():
-    text = train_text_tokenizer(world_texts(0, 300), WORLD_MODEL.text_vocab_size)
+    text = train_text_tokenizer(world.world_texts(0, 300), WORLD_MODEL.text_vocab_size)
     return Vocabulary(text, WORLD_MODEL, image=BlockColourCodec(), audio=FrameLevelCodec())
 
 

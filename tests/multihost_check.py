@@ -18,7 +18,7 @@ import numpy as np
 
 import training.lm_stage
 from data.pipeline import packed_batches
-from data.text_tokenizer import TextTokenizer
+from tokenization.text import TextTokenizer
 from data.vocab import Vocabulary
 from data.world_builder import build_world
 from tests.conftest import BlockColourCodec, FrameLevelCodec

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from configs.base import Config, DataConfig, MeshConfig, ServeConfig
-from model.sharding import make_mesh
+from parallel.sharding import make_mesh
 from model.transformer import init_model
 from serving.engine import Engine, SamplingParams
 from serving.scheduler import Finished, Request, Scheduler, Token

@@ -10,7 +10,7 @@ import json
 import jax
 
 from configs.base import MeshConfig
-from model.sharding import make_mesh
+from parallel.sharding import make_mesh
 from tests.serving_helpers import make_engine, prompt_of, request, running, served_model
 
 

@@ -14,7 +14,7 @@ from jax.sharding import NamedSharding
 
 from configs.base import MeshConfig, TrainConfig
 from data.pipeline import to_global
-from model.sharding import init_sharded, logical_to_spec, make_mesh, state_shardings
+from parallel.sharding import init_sharded, logical_to_spec, make_mesh, state_shardings
 from model.transformer import Transformer, forward
 from tests.helpers import small_model_config
 from tests.test_train_step import batch_of

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 
 from configs.base import MeshConfig
-from model.sharding import logical_to_spec, make_mesh
+from parallel.sharding import logical_to_spec, make_mesh
 from model.splash import splash_attention
 from tests.test_splash import packed_inputs, real_loss, reference_attention
 

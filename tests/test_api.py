@@ -19,7 +19,7 @@ import uvicorn
 from PIL import Image
 
 from data.segments import Text
-from model.sharding import make_mesh
+from parallel.sharding import make_mesh
 from serving.api import make_app
 from serving.server import make_server
 from serving.text_stream import TextStream

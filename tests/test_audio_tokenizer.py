@@ -11,17 +11,10 @@ import pytest
 from flax import nnx
 
 from data.world import detect_dtmf, render_dtmf, sample_symbols
-from model.audio_tokenizer import (
-    AudioTokenizer,
-    AudioTokenizerConfig,
-    edit_distance,
-    istft,
-    log_mel,
-    mel_to_waveform,
-    prepare_audio,
-    stft,
-    train_audio_tokenizer,
-)
+from configs.tokenizers import AudioTokenizerConfig
+from data.media import prepare_audio
+from tokenization.audio import AudioTokenizer, istft, log_mel, mel_to_waveform, stft
+from training.fit_audio_tokenizer import edit_distance, train_audio_tokenizer
 
 TINY = AudioTokenizerConfig.tiny()
 

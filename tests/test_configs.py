@@ -12,7 +12,7 @@ from configs.__main__ import table
 from configs.base import MeshConfig
 from configs.cli import parse
 from model.costs import analytic_params, counted_params
-from model.sharding import make_mesh
+from parallel.sharding import make_mesh
 
 
 @pytest.mark.parametrize("preset", PRESETS)

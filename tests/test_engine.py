@@ -220,18 +220,18 @@ def test_a_greedy_batch_takes_the_likeliest_allowed_ids_and_reports_nothing(batc
 
 @pytest.mark.parametrize("vocab", [8192, 5000, 63])  # many blocks; a padded last block; a single block
 def test_likeliest_is_argmax_with_the_lowest_id_among_equals(vocab):
-    logits = jax.random.normal(jax.random.key(vocab), (vocab, 4))  # vocab-major, as `sample` reads them
-    logits = logits.at[vocab - 1, 0].set(9.0).at[vocab // 2, 0].set(9.0)  # equals, in different blocks
-    logits = logits.at[5, 1].set(9.0).at[7, 1].set(9.0)  # equals in one block
-    logits = logits.at[:, 3].set(-jnp.inf)  # a row with no allowed id
-    np.testing.assert_array_equal(likeliest(logits), [vocab // 2, 5, np.argmax(logits[:, 2]), 0])
+    logits = jax.random.normal(jax.random.key(vocab), (4, vocab))
+    logits = logits.at[0, vocab - 1].set(9.0).at[0, vocab // 2].set(9.0)  # equals, in different blocks
+    logits = logits.at[1, 5].set(9.0).at[1, 7].set(9.0)  # equals in one block
+    logits = logits.at[3].set(-jnp.inf)  # a row with no allowed id
+    np.testing.assert_array_equal(likeliest(logits), [vocab // 2, 5, np.argmax(logits[2]), 0])
 
 
 @pytest.mark.parametrize("vocab", [8192, 5000, 1000])  # more blocks than k; a padded last block; too few
 def test_top_candidates_in_two_passes_are_top_k(vocab):
     logits = jax.random.normal(jax.random.key(vocab), (4, vocab)) * 3
     logits = logits.at[1].set(-jnp.inf).at[1, 7].set(0.0)  # a row allowed one id: the rest are ties at -inf
-    values, ids = map(np.asarray, top_candidates(logits.T, 64))  # vocab-major, as `sample` reads them
+    values, ids = map(np.asarray, top_candidates(logits, 64))
     expected_values, expected_ids = map(np.asarray, jax.lax.top_k(logits, 64))
     np.testing.assert_array_equal(values, expected_values)
     np.testing.assert_array_equal(ids[[0, 2, 3]], expected_ids[[0, 2, 3]])

@@ -1,31 +1,39 @@
-"""The held-out eval: greedy generation is the model's argmax, and the scorers accept right answers only."""
+"""The held-out eval: it answers through the serving engine (greedy answers are the model's argmax),
+and the scorers accept right answers only."""
 
 import numpy as np
 
 from data import world
 from data.segments import Image, Text
 from data.world_builder import build_world
-from model.generate import generate
-from model.transformer import unstack_blocks
-from tests.helpers import build, jit_forward, small_model_config
-from training.evaluate import answer_segments, is_right, world_tasks
+from parallel.sharding import make_mesh
+from serving.engine import SamplingParams
+from serving.offline import generate
+from tests.helpers import jit_forward
+from tests.serving_helpers import SERVE_CFG, make_engine, prompt_of, served_model
+from tests.test_engine import reference_greedy
+from training.evaluate import Evaluator, Task, answer_segments, answers, is_right, world_tasks
 
 
-def test_generate_equals_argmax_of_the_full_forward_for_ragged_prompts():
-    cfg = small_model_config()
-    graphdef, state = build(cfg)
-    rng = np.random.default_rng(0)
-    prompts = [rng.integers(0, cfg.vocab_size, n).astype(np.int32) for n in (3, 11, 7)]
-    generated = generate(graphdef, state, prompts, new_tokens=5, pad_to=8)
-    for prompt, row in zip(prompts, generated):
-        sequence = list(prompt)
-        for _ in range(5):  # no cache, no padding: the plain model, one sequence at a time
-            logits, _ = jit_forward(graphdef, state, np.array([sequence]))
-            sequence.append(int(np.argmax(logits[0, -1])))
-        assert row.tolist() == sequence[len(prompt):]
-    # The decode layout (one module and one cache array per layer) generates the same tokens.
-    unstacked = generate(*unstack_blocks(graphdef, state), prompts, new_tokens=5, pad_to=8)
-    np.testing.assert_array_equal(unstacked, generated)
+def test_offline_generation_is_the_argmax_of_the_full_forward_for_ragged_prompts():
+    model = served_model()
+    engine = make_engine(*model, slots=2)  # fewer slots than prompts: they queue, as on the server
+    prompts = [prompt_of(n, seed=n) for n in (3, 11, 7, 20)]
+    answers = generate(engine, prompts, SamplingParams(max_tokens=6))
+    for prompt, answer in zip(prompts, answers):
+        assert answer.tolist() == reference_greedy(model, prompt, 6)
+
+
+def test_the_evaluations_answers_are_the_engines_greedy_answers_with_each_evals_weights(vocab):
+    """The Evaluator builds its engine once and decodes each later eval with the weights it is given."""
+    prompts = [prompt_of(n, seed=n) for n in (4, 9, 13)]
+    task = Task("echo", prompts, ["?"] * len(prompts), new_tokens=8)
+    evaluator = Evaluator(SERVE_CFG.model, vocab, [task], make_mesh(SERVE_CFG.mesh))
+    for seed in (0, 1):
+        model = served_model(seed=seed)
+        assert evaluator(*model) == {"eval/echo_accuracy": 0.0}  # "?" is no answer of a random model
+        assert [a.tolist() for a in answers(evaluator.engine, task)] == [reference_greedy(model, p, 8) for p in prompts]
+    assert evaluator.engine is not None and evaluator.engine.slots == len(prompts)
 
 
 def _right_answer(vocab, task, reference, prompt_segments=None):
@@ -76,15 +84,20 @@ def test_the_picture_detector_reads_every_rendered_world_picture():
 
 
 def test_sampling_is_seeded_and_top_k_keeps_only_the_k_likeliest_tokens():
-    cfg = small_model_config()
-    graphdef, state = build(cfg)
-    prompts = [np.array([1, 5, 9], np.int32)] * 4
-    one = generate(graphdef, state, prompts, new_tokens=6, temperature=1.0, top_k=3, seed=7)
-    assert (one == generate(graphdef, state, prompts, new_tokens=6, temperature=1.0, top_k=3, seed=7)).all()
-    assert (one != generate(graphdef, state, prompts, new_tokens=6, temperature=1.0, top_k=3, seed=8)).any()
-    first = generate(graphdef, state, prompts, new_tokens=1, temperature=1.0, top_k=1, seed=3)
-    assert (first == generate(graphdef, state, prompts, new_tokens=1)).all()  # top-1 sampling is greedy
-    logits, _ = jit_forward(graphdef, state, prompts[0][None])
+    model = served_model()
+    engine = make_engine(*model)
+    prompts = [prompt_of(5, seed=0)] * 4
+
+    def sampled(seed, top_k=3, temperature=1.0, count=4, max_tokens=6):
+        params = [SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed + i)
+                  for i in range(count)]
+        return [a.tolist() for a in generate(engine, [prompts[0]] * count, params)]
+
+    assert sampled(7) == sampled(7)
+    assert sampled(7) != sampled(8)
+    greedy = [a.tolist() for a in generate(engine, prompts, SamplingParams(max_tokens=1))]
+    assert sampled(3, top_k=1, max_tokens=1) == greedy  # top-1 sampling is greedy
+    first = [a[0] for a in sampled(0, temperature=5.0, count=64, max_tokens=1)]
+    logits, _ = jit_forward(*model, prompts[0][None])
     top3 = set(np.argsort(np.asarray(logits[0, -1]))[-3:].tolist())
-    many = generate(graphdef, state, [prompts[0]] * 64, new_tokens=1, temperature=5.0, top_k=3, seed=0)
-    assert set(many[:, 0].tolist()) <= top3 and len(set(many[:, 0].tolist())) > 1
+    assert set(first) <= top3 and len(set(first)) > 1

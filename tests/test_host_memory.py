@@ -1,4 +1,4 @@
-"""model/host_memory.py: after `reuse_freed_memory`, repeated XLA:CPU runs stop faulting in fresh pages."""
+"""parallel/host_memory.py: after `reuse_freed_memory`, repeated XLA:CPU runs stop faulting in fresh pages."""
 
 import subprocess
 import sys
@@ -9,7 +9,7 @@ import pytest
 # the child reports the minor page faults of three warm runs, in MB of 4 KiB pages.
 CHILD = """
 import resource, sys
-from model.host_memory import reuse_freed_memory
+from parallel.host_memory import reuse_freed_memory
 took = reuse_freed_memory() if sys.argv[1] == "reuse" else None
 import jax, jax.numpy as jnp
 step = jax.jit(lambda x, w: jnp.sum(jnp.tanh(x @ w) @ w.T))

@@ -10,13 +10,10 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from model.image_tokenizer import (
-    ImageTokenizer,
-    ImageTokenizerConfig,
-    evaluate,
-    prepare_image,
-    train_image_tokenizer,
-)
+from configs.tokenizers import ImageTokenizerConfig
+from data.media import prepare_image
+from tokenization.image import ImageTokenizer
+from training.fit_image_tokenizer import evaluate, train_image_tokenizer
 
 
 def rectangles(rng: np.random.Generator, n: int, size: int = 32) -> np.ndarray:

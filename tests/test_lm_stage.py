@@ -76,8 +76,8 @@ def test_serving_restores_the_trained_parameters_and_refuses_a_different_model(t
     import orbax.checkpoint as ocp
     import pytest
 
-    from model.sharding import make_mesh
-    from training.lm_stage import restore_params
+    from parallel.sharding import make_mesh
+    from checkpoints import restore_params
 
     cfg = dataclasses.replace(small_config(), train=dataclasses.replace(small_config().train, steps=2, eval_every=100))
     splits = build_world(str(tmp_path / "world"), seed=2, train=20, validation=6, compositional=3).as_data_source()

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from model import output_major
 from model.attention import KVCache, grouped_attention
 from model.loss import cross_entropy
-from model.sharding import LOGICAL_RULES
-from model.transformer import unstack_blocks
+from model.transformer import Transformer, to_per_layer, to_stacked
+from parallel.sharding import LOGICAL_RULES
 from tests.helpers import build, jit_forward, small_model_config
 
 VARIANTS = {
@@ -30,6 +29,7 @@ def random_tokens(key, shape, cfg):
 def test_prefill_then_decode_matches_full_forward_for_ragged_prompts(variant):
     cfg = small_model_config(**VARIANTS[variant])
     graphdef, state = build(cfg)
+    decoding = to_per_layer(graphdef, state)  # the layout that takes a KV cache
     prompt_lens = np.array([5, 9, 1])  # different lengths in one batch, right-padded to 9
     steps, batch, padded = 6, 3, 9
     sequences = np.asarray(random_tokens(1, (batch, padded + steps), cfg))
@@ -40,7 +40,7 @@ def test_prefill_then_decode_matches_full_forward_for_ragged_prompts(variant):
     positions = np.broadcast_to(np.arange(padded), (batch, padded))
     cache = KVCache.init(cfg, batch, 32)
     # Only each prompt's last position gets logits (`logits_at_b`), as the engine's prefill asks.
-    logits, cache = jit_forward(graphdef, state, prompt, positions, segments, cache, prompt_lens - 1)
+    logits, cache = jit_forward(*decoding, prompt, positions, segments, cache, prompt_lens - 1)
     assert logits.shape == (batch, 1, cfg.vocab_size)
     cached = [logits[:, 0]]
 
@@ -48,7 +48,7 @@ def test_prefill_then_decode_matches_full_forward_for_ragged_prompts(variant):
     for step in range(steps):
         pos = prompt_lens + step
         token = sequences[np.arange(batch), pos][:, None]
-        logits, cache = jit_forward(graphdef, state, token, pos[:, None], np.ones((batch, 1), np.int32), cache)
+        logits, cache = jit_forward(*decoding, token, pos[:, None], np.ones((batch, 1), np.int32), cache)
         cached.append(logits[:, 0])
 
     for b in range(batch):
@@ -139,31 +139,46 @@ def test_a_query_that_may_see_no_key_gets_finite_output_and_gradients():
     np.testing.assert_allclose(out[0, 0], jnp.repeat(v[0, 0], 2, axis=0), rtol=1e-6)  # its one key's value, per head
 
 
-def test_unrolled_scan_per_layer_decode_layout_and_output_major_matrices_change_nothing_but_speed():
+def test_an_unrolled_scan_and_the_per_layer_layout_give_the_same_logits():
     tokens = random_tokens(6, (2, 12), small_model_config())
     results = []
-    for unroll, unstack, transposed in ((1, False, False), (2, False, False), (1, True, False), (1, True, True)):
-        cfg = small_model_config(scan_unroll=unroll, tie_embeddings=False)  # untied: the head is transposed too
+    for unroll, per_layer in ((1, False), (2, False), (1, True)):
+        cfg = small_model_config(scan_unroll=unroll, tie_embeddings=False)
         graphdef, state = build(cfg)  # same seed: same weights
-        if unstack:
-            graphdef, state = unstack_blocks(graphdef, state)
+        if per_layer:
+            graphdef, state = to_per_layer(graphdef, state)
             blocks = nnx.merge(graphdef, state).blocks
             assert len(blocks) == cfg.num_layers and blocks[0].mlp.down_md.shape == (cfg.mlp_dim, cfg.d_model)
-        if transposed:  # as the engine holds them: [out, in]
-            state = output_major.transpose(state)
-            model = nnx.merge(graphdef, state)
-            assert model.blocks[0].mlp.down_md.get_value().values_oi.shape == (cfg.d_model, cfg.mlp_dim)
-            assert model.unembed_dv.get_value().values_oi.shape == (cfg.vocab_size, cfg.d_model)
-        logits, _ = jit_forward(graphdef, state, tokens)
-        _, cache = jit_forward(graphdef, state, tokens[:, :5], None, None, KVCache.init(cfg, 2, 16, per_layer=unstack))
-        if unstack:  # the decode layout keeps one cache array per layer, keys length-last
-            assert len(cache.k) == cfg.num_layers and cache.k[0].shape == (2, cfg.num_kv_heads, cfg.head_dim, 16)
-            assert cache.v[0].shape == (2, 16, cfg.num_kv_heads, cfg.head_dim)
-        results.append((logits, jnp.stack(cache.k), jnp.stack(cache.v)))
+        results.append(jit_forward(graphdef, state, tokens)[0])
     for other in results[1:]:
-        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5), results[0], other)
-    with pytest.raises(ValueError, match="per-layer cache"):  # a stacked cache into the decode layout
-        jit_forward(graphdef, state, tokens[:, :5], None, None, KVCache.init(cfg, 2, 16))
+        np.testing.assert_allclose(results[0], other, rtol=1e-5, atol=1e-5)
+
+
+def test_the_layout_is_named_and_the_two_conversions_are_inverses():
+    cfg = small_model_config(tie_embeddings=False)
+    graphdef, state = build(cfg)
+    assert nnx.merge(graphdef, state).layout == "stacked"
+    per_layer = to_per_layer(graphdef, state)
+    assert nnx.merge(*per_layer).layout == "per_layer"
+    # Made per layer from the start, the model has the same parameter tree as the converted one.
+    fresh = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0), layout="per_layer"))[1]
+    assert jax.tree.structure(fresh) == jax.tree.structure(per_layer[1])
+    back_graphdef, back = to_stacked(*per_layer)
+    assert back_graphdef == graphdef
+    jax.tree.map(np.testing.assert_array_equal, back, state)
+    with pytest.raises(ValueError, match="layout"):
+        Transformer(cfg, rngs=nnx.Rngs(0), layout="scanned")
+
+
+def test_a_cache_is_per_layer_and_the_stacked_layout_refuses_one():
+    cfg = small_model_config()
+    graphdef, state = build(cfg)
+    tokens = random_tokens(6, (2, 5), cfg)
+    _, cache = jit_forward(*to_per_layer(graphdef, state), tokens, None, None, KVCache.init(cfg, 2, 16))
+    assert len(cache.k) == cfg.num_layers and cache.k[0].shape == (2, cfg.num_kv_heads, cfg.head_dim, 16)
+    assert cache.v[0].shape == (2, 16, cfg.num_kv_heads, cfg.head_dim)  # keys length-last, values length-second
+    with pytest.raises(ValueError, match="stacked layout scores whole sequences"):
+        jit_forward(graphdef, state, tokens, None, None, KVCache.init(cfg, 2, 16))
 
 
 def test_bfloat16_compute_keeps_float32_params_and_tracks_float32_logits():
@@ -212,11 +227,11 @@ def test_every_parameter_carries_logical_names_the_rules_table_knows():
 
 def test_a_code_row_is_its_own_row_plus_one_row_per_fsq_digit():
     from model.layers import Embedding
-    from model.quantizers import FSQ
+    from tokenization.fsq import FSQ
 
     levels = (8, 5, 5, 5)
     embedding = Embedding(3072, 16, jnp.float32, nnx.Rngs(0), ((1024, levels), (2024, levels)))
-    table, own, digit_rows = (np.asarray(a) for a in (embedding.table(), embedding.table_vd[...],
+    table, own, digit_rows = (np.asarray(a) for a in (embedding.table().array(), embedding.table_vd[...],
                                                        embedding.digits_ld[...]))
     half = np.array([level // 2 for level in levels])
     first_row_of_level = np.cumsum([0, *levels[:-1]])

@@ -1,4 +1,4 @@
-"""Compile-only checks for TPU slices (model/topologies.py, model/aot.py): slice names, the tiny and a
+"""Compile-only checks for TPU slices (parallel/topologies.py, parallel/aot.py): slice names, the tiny and a
 depth-reduced nano preset compiled for small slices, a config too big for its slice, and the plans
 the presets promise. Compiling for TPU needs libtpu (the `tpu` extra, which .ci/run installs)."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from configs import get_config, plans
-from model.topologies import parse_topology
+from parallel.topologies import parse_topology
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,8 +105,8 @@ def test_compile_only_without_a_topology_says_what_is_missing():
 
 
 def test_a_two_slice_plan_puts_only_the_dcn_data_axis_across_the_slices():
-    code = ("import json; from model.aot import compile_on_cpu; compile_on_cpu()\n"
-            "from configs import get_config; from model.sharding import make_mesh; from model.topologies import parse_topology\n"
+    code = ("import json; from parallel.aot import compile_on_cpu; compile_on_cpu()\n"
+            "from configs import get_config; from parallel.sharding import make_mesh; from parallel.topologies import parse_topology\n"
             "mesh = make_mesh(get_config('pro', '2x v5e-256').mesh, parse_topology('2x v5e-256').devices())\n"
             "print(json.dumps({'shape': dict(mesh.shape), 'slices': [sorted({d.slice_index for d in part.flat}) for part in mesh.devices]}))")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)

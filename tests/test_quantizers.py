@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from model.quantizers import FSQ, round_ste
+from tokenization.fsq import FSQ, round_ste
 
 LEVELS = [(8, 5, 5, 5), (8, 8, 8, 5, 5, 5), (3, 4, 6)]
 

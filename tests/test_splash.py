@@ -9,7 +9,7 @@ import pytest
 
 from configs.base import MeshConfig
 from model.attention import grouped_attention
-from model.sharding import make_mesh
+from parallel.sharding import make_mesh
 from model.splash import block_sizes, splash_attention
 from model.transformer import forward, init_model
 from tests.helpers import facts_on_simulated_devices, small_model_config

@@ -7,7 +7,7 @@ import pytest
 import sentencepiece as spm
 
 from configs import get_config
-from data.text_tokenizer import CONTROL, TextTokenizer, train_text_tokenizer
+from tokenization.text import CONTROL, TextTokenizer, train_text_tokenizer
 from data.vocab import AUDIO, IMAGE, TEXT, Audio, Image, Text, Vocabulary
 
 CORPUS = [f"a {size} {colour} {shape} in the {pos}" for size in ("small", "large")

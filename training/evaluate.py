@@ -1,4 +1,4 @@
-"""Held-out eval: the world's tasks, answered by greedy generation and scored exactly.
+"""Held-out eval: the world's tasks, answered through the serving engine and scored exactly.
 
     eval/caption_accuracy                validation pictures -> their caption, exact match
     eval/transcription_accuracy          validation DTMF clips -> "tones 1 2 3", exact match
@@ -7,26 +7,32 @@
     eval/compositional_caption_accuracy  pictures of (shape, colour) pairs never trained on -> caption
 
 Prompts are the training templates with the answer left off, so the model is asked exactly what
-it was taught to answer; the answer is whatever it generates up to its <eos>. Text answers are
-greedy. Pictures are sampled (seeded, so repeatable): the shape's place is jittered in training,
-so at any one patch "background" is likelier than "shape edge", and greedy decoding draws an
-empty picture even for a model that knows where the shape goes (measured: 0% greedy at step 300
-of the tiny run, the shapes in the right quadrant when sampled).
+it was taught to answer; the answer is whatever it generates up to its <eos>. The answers come
+from the serving engine and its scheduler (serving/offline.py): the same weights preparation,
+prefill, steps and sampler as the HTTP server, so the accuracy is that of what the server answers.
+Text answers are greedy. Pictures are sampled (seeded, so repeatable): the shape's place is
+jittered in training, so at any one patch "background" is likelier than "shape edge", and greedy
+decoding draws an empty picture even for a model that knows where the shape goes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
+from configs.base import MeshConfig, ModelConfig
 from data import templates, world
 from data.segments import Image, Text
 from data.sources import read_world
-from data.text_tokenizer import EOS
 from data.vocab import Vocabulary
-from model.generate import generate
+from parallel.sharding import make_mesh
+from serving.engine import Engine, SamplingParams
+from serving.offline import generate
+from tokenization.text import EOS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,18 +105,49 @@ def is_right(task: Task, answer: list, reference) -> bool:
     return len(answer) == 1 and isinstance(answer[0], Text) and answer[0].text == reference
 
 
-def evaluate(graphdef: nnx.GraphDef, params: nnx.State, vocab: Vocabulary, tasks: list[Task],
-             batch_size: int = 128) -> dict[str, float]:
-    """{"eval/<task>_accuracy": share of right answers} for every task."""
+class Evaluator:
+    """Answers the tasks with a model's current weights: an engine sized for the tasks is built at
+    the first call (its programs compile once) and given new weights at each later one.
+
+    On several processes each evaluates on its own devices from a gathered copy of the weights (the
+    scheduler reads every step's tokens on the host), and all return the same accuracies.
+    """
+
+    def __init__(self, cfg: ModelConfig, vocab: Vocabulary, tasks: list[Task], mesh: jax.sharding.Mesh,
+                 slots: int = 128, int8_weights: bool = False):
+        self.cfg, self.vocab, self.tasks, self.int8_weights = cfg, vocab, tasks, int8_weights
+        self.slots = min(slots, max(len(task.prompts) for task in tasks))
+        self.cache_len = max(len(prompt) + task.new_tokens for task in tasks for prompt in task.prompts)
+        self.mesh = mesh
+        if jax.process_count() > 1:
+            self.mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), devices=jax.local_devices()[:1])
+        self.engine: Engine | None = None
+
+    def __call__(self, graphdef: nnx.GraphDef, params: nnx.State) -> dict[str, float]:
+        """{"eval/<task>_accuracy": share of right answers} for every task."""
+        if jax.process_count() > 1:
+            params = jax.device_put(multihost_utils.process_allgather(params), self.mesh.devices.flat[0])
+        if self.engine is None:
+            self.engine = Engine(self.cfg, graphdef, params, self.mesh, self.slots, self.cache_len,
+                                 eos_id=self.vocab.ids[EOS], real_vocab=self.vocab.audio_offset + self.vocab.audio_codes,
+                                 int8_weights=self.int8_weights)
+        else:
+            self.engine.load_weights(graphdef, params)
+        return evaluate(self.engine, self.vocab, self.tasks)
+
+
+def answers(engine: Engine, task: Task) -> list[np.ndarray]:
+    """The ids `engine` generates for each of the task's prompts (seeded by the prompt's index)."""
+    params = [SamplingParams(max_tokens=task.new_tokens, temperature=task.temperature, top_k=task.top_k or 0,
+                             seed=index) for index in range(len(task.prompts))]
+    return generate(engine, task.prompts, params)
+
+
+def evaluate(engine: Engine, vocab: Vocabulary, tasks: list[Task]) -> dict[str, float]:
+    """{"eval/<task>_accuracy": share of right answers} for every task, answered by `engine`."""
     metrics = {}
     for task in tasks:
-        right = 0
-        for start in range(0, len(task.prompts), batch_size):
-            prompts = task.prompts[start : start + batch_size]
-            # A short last batch is filled with repeats of its first prompt: one shape, one compile.
-            filled = prompts + prompts[:1] * (min(batch_size, len(task.prompts)) - len(prompts))
-            generated = generate(graphdef, params, filled, task.new_tokens, task.temperature, task.top_k, seed=start)
-            for row, reference in zip(generated, task.references[start : start + batch_size]):
-                right += is_right(task, answer_segments(vocab, row), reference)
+        right = sum(is_right(task, answer_segments(vocab, answer), reference)
+                    for answer, reference in zip(answers(engine, task), task.references))
         metrics[f"eval/{task.name}_accuracy"] = right / len(task.prompts)
     return metrics

@@ -33,20 +33,18 @@ from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
+from checkpoints import CHECKPOINT_ITEMS
 from configs.base import Config
 from data.pipeline import PipelineStats, packed_batches, to_global
 from data.sources import world_by_kind
 from data.vocab import Vocabulary
 from data.world_builder import build_world
 from model.costs import train_flops_per_token
-from model.hardware import matmul_peak_flops
-from model.sharding import make_mesh, state_shardings
+from parallel.hardware import matmul_peak_flops
+from parallel.sharding import make_mesh, state_shardings
 from model.transformer import Transformer, init_model
-from training.evaluate import evaluate, world_tasks
+from training.evaluate import Evaluator, world_tasks
 from training.train_step import init_opt_state, make_optimizer, modality_losses, train_step
-
-ITEMS = ("state", "data", "config")
-
 
 class NonFiniteLoss(RuntimeError):
     pass
@@ -80,10 +78,10 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, splits: dict | None 
     by_kind = world_by_kind(splits["train"])
     batches = iter(packed_batches(by_kind, vocab, cfg.data, stats=stats,
                                   weights=dict(zip(by_kind, cfg.data.world_mixture))))
-    eval_tasks = world_tasks(splits, vocab, cfg.train.eval_examples)
+    evaluator = Evaluator(cfg.model, vocab, world_tasks(splits, vocab, cfg.train.eval_examples), mesh)
 
     options = ocp.CheckpointManagerOptions(max_to_keep=cfg.train.keep_checkpoints, enable_async_checkpointing=True)
-    manager = ocp.CheckpointManager(workdir / "checkpoints", options=options, item_names=ITEMS)
+    manager = ocp.CheckpointManager(workdir / "checkpoints", options=options, item_names=CHECKPOINT_ITEMS)
     start_step = 0
     if manager.latest_step() is not None:
         restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
@@ -134,7 +132,7 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, splits: dict | None 
                         "examples_truncated": stats.truncated, "examples_dropped": stats.dropped}
                 if (step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.train.steps:
                     started = time.perf_counter()
-                    last.update(evaluate(graphdef, state["params"], vocab, eval_tasks))
+                    last.update(evaluator(graphdef, state["params"]))
                     last["eval/seconds"] = time.perf_counter() - started
                     log(f"step {step + 1} eval: " + ", ".join(
                         f"{k.removeprefix('eval/')} {v:.3f}" for k, v in last.items() if k.startswith("eval/")))
@@ -159,45 +157,3 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, splits: dict | None 
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return last
-
-
-def restore_params(cfg: Config, workdir: Path, mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, nnx.State, int]:
-    """(graphdef, params, step) of the latest checkpoint under `workdir`, laid out for `mesh`.
-
-    The model config must match the one the checkpoint was trained with: a mismatch raises naming
-    the fields that differ (pass them as flags, e.g. `--model.num-kv-heads 4`).
-    """
-    manager = ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", item_names=ITEMS)
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint under {Path(workdir) / 'checkpoints'}: train first "
-                                f"(python train.py --config {cfg.name} --workdir {workdir}) or pass --random-init")
-    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]["model"]
-    ours = dataclasses.asdict(cfg.model)
-    differ = [f"model.{k}: checkpoint {saved[k]!r}, config {ours[k]!r}" for k in ours
-              if k in saved and _plain(saved[k]) != _plain(ours[k])]
-    if differ:
-        raise ValueError(f"the checkpoint at step {step} was trained with another model: {'; '.join(differ)}")
-    abstract = nnx.eval_shape(lambda: Transformer(cfg.model, rngs=nnx.Rngs(0)))
-    graphdef, abstract_params = nnx.split(abstract, nnx.Param)
-    shardings = state_shardings(abstract_params, mesh)
-    target = {"params": jax.tree.map(
-        lambda var, sharding: var.replace(jax.ShapeDtypeStruct(var.shape, var.dtype, sharding=sharding)),
-        abstract_params, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))}
-    # Only the parameters are read: the optimizer state in the checkpoint is left on disk.
-    restore = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                     partial_restore=True)
-    with jax.set_mesh(mesh):
-        state = manager.restore(step, args=ocp.args.Composite(state=restore))["state"]
-    manager.close()
-    # A partial restore leaves what the checkpoint lacks as shapes: a model newer than its checkpoint.
-    missing = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_flatten_with_path(state["params"])[0]
-               if isinstance(leaf, jax.ShapeDtypeStruct)]
-    if missing:
-        raise ValueError(f"the checkpoint at step {step} under {workdir} has no {', '.join(missing)}: it was trained "
-                         "with an older model; train again (or resume from a matching checkpoint)")
-    return graphdef, state["params"], step
-
-
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value

@@ -18,7 +18,7 @@ from typing import Callable
 import jax
 
 from configs.base import Config
-from model.topologies import GiB, Topology, parse_topology
+from parallel.topologies import GiB, Topology, parse_topology
 
 SPARE_WANTED = 0.10  # each preset's plan keeps at least this share of HBM free
 

@@ -38,7 +38,7 @@ def logical_to_spec(names: tuple[str | None, ...]) -> PartitionSpec:
     """PartitionSpec for a tuple of logical names; an unknown name is an error, not a silent replica."""
     unknown = [n for n in names if n is not None and n not in _RULES]
     if unknown:
-        raise KeyError(f"logical axis {unknown} has no rule in model/sharding.py LOGICAL_RULES")
+        raise KeyError(f"logical axis {unknown} has no rule in parallel/sharding.py LOGICAL_RULES")
     return PartitionSpec(*(None if n is None else _RULES[n] for n in names))
 
 
@@ -100,6 +100,6 @@ def init_sharded(make_module: Callable[[], nnx.Module], mesh: Mesh) -> tuple[nnx
 
 def abstract_sharded(make_module: Callable[[], nnx.Module], mesh: Mesh) -> tuple[nnx.GraphDef, nnx.State]:
     """The same module's state as shapes, dtypes and shardings only: no memory on any device, so it
-    stands for a pod-sized model, and for compile-only devices that run nothing (model/topologies.py)."""
+    stands for a pod-sized model, and for compile-only devices that run nothing (parallel/topologies.py)."""
     graphdef, init = _sharded_initializer(make_module, mesh)
     return graphdef, jax.eval_shape(init)

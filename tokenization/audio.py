@@ -7,31 +7,23 @@ the log-mel back; a waveform comes from the mel by inverting the filterbank (lea
 non-negative) and recovering a phase by Griffin-Lim. Nothing in the back end is learned, so it can
 be checked on true spectrograms apart from the network.
 
-FSQ (model/quantizers.py) needs no codebook loss: training is log-mel reconstruction alone (L1 plus
+FSQ (tokenization/fsq.py) needs no codebook loss: training is log-mel reconstruction alone (L1 plus
 squared error).
 Like the image tokenizer, time resolution changes are space-to-depth around a 1x1 conv.
 """
 
 from __future__ import annotations
 
-import functools
-import io
-import math
-import wave
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from configs.tokenizers import AudioTokenizerConfig
-from data.world import detect_dtmf, render_dtmf, sample_symbols
+from data.media import prepare_audio
 from model.layers import param
-from model.quantizers import FSQ
-from model.sharding import constrain
-from training.autoencoder import fit, warmup_cosine_adam
+from tokenization.fsq import FSQ
+from parallel.sharding import constrain
 
 # ---------------------------------------------------------------------------------------------
 # The signal path: STFT, mel filterbank, Griffin-Lim (no parameters)
@@ -275,181 +267,21 @@ class AudioTokenizer(nnx.Module):
         return mel_to_waveform(self.decode_log_mel(codes_bt), self.cfg)
 
 
-# ---------------------------------------------------------------------------------------------
-# Inputs from the outside world
+class AudioCodec:
+    """One clip <-> its run of codes, as the Vocabulary asks; jitted over split state."""
 
-_INT_SCALE = {np.dtype(np.int8): 128.0, np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2.0**31}
+    length = None  # clips of any length decode
 
+    def __init__(self, model: AudioTokenizer):
+        graphdef, state = nnx.split(model)
+        self.cfg = model.cfg
+        self._encode = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode(x))
+        self._decode = jax.jit(lambda s, c: nnx.merge(graphdef, s).decode(c))
+        self.state = state
 
-def _decode_wav(data: bytes) -> tuple[np.ndarray, int]:
-    """WAV bytes (integer PCM, 8/16/24/32-bit) -> ([N, C] samples, sample rate)."""
-    try:
-        with wave.open(io.BytesIO(data), "rb") as reader:
-            channels, width, rate = reader.getnchannels(), reader.getsampwidth(), reader.getframerate()
-            raw = reader.readframes(reader.getnframes())
-    except Exception as error:  # wave raises several types for bad data (wave.Error, EOFError, struct.error)
-        raise ValueError(
-            f"could not decode audio bytes ({len(data)} bytes, starting {data[:12]!r}): expected a WAV file "
-            f"with integer PCM samples ({type(error).__name__}: {error})"
-        ) from error
-    if width == 1:
-        samples = np.frombuffer(raw, np.uint8)
-    elif width == 3:  # 24-bit little-endian: widen to int32 with the sign carried in the top byte
-        triples = np.frombuffer(raw[: len(raw) // 3 * 3], np.uint8).reshape(-1, 3).astype(np.int32)
-        samples = ((triples[:, 0] << 8) | (triples[:, 1] << 16) | (triples[:, 2] << 24)).astype(np.int32)
-    elif width in (2, 4):
-        samples = np.frombuffer(raw[: len(raw) // width * width], f"<i{width}")
-    else:
-        raise ValueError(f"WAV sample width of {width} bytes is not supported (1, 2, 3 or 4)")
-    return samples[: len(samples) // channels * channels].reshape(-1, channels), rate
+    def encode(self, waveform) -> np.ndarray:
+        samples = prepare_audio(waveform, self.cfg.sample_rate, self.cfg.max_seconds)
+        return np.asarray(self._encode(self.state, samples[None]))[0].reshape(-1)
 
-
-def _resample(mono_n: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
-    """Polyphase resampling (scipy, already a dependency of jax) by the reduced ratio target/rate."""
-    if rate == target_rate:
-        return mono_n
-    from scipy.signal import resample_poly
-
-    g = math.gcd(int(rate), int(target_rate))
-    return resample_poly(mono_n.astype(np.float64), target_rate // g, rate // g)
-
-
-def prepare_audio(audio, sample_rate: int | None = None, max_seconds: float = 30.0, target_rate: int = 16000) -> np.ndarray:
-    """Anything audio-like -> float32 mono [N] at `target_rate`, ready for `AudioTokenizer.encode`.
-
-    `audio`: a numpy array [N] or [N, channels] of float (nominally [-1, 1]), int8/16/32 or
-    uint8 (offset binary) samples, with its `sample_rate`; or WAV bytes (integer PCM; the rate is
-    read from the header). Channels are averaged; other rates are resampled polyphase. Raises
-    ValueError, naming the problem and the numbers, on empty, over-long (> max_seconds), non-finite
-    or undecodable input.
-    """
-    if isinstance(audio, (bytes, bytearray, memoryview)):
-        samples, rate = _decode_wav(bytes(audio))
-        if sample_rate is not None and sample_rate != rate:
-            raise ValueError(f"sample_rate={sample_rate} was given but the WAV header says {rate} Hz")
-    else:
-        if sample_rate is None:
-            raise ValueError("sample_rate is required for an array of samples (only WAV bytes carry their own)")
-        samples, rate = np.asarray(audio), sample_rate
-    if not isinstance(rate, (int, np.integer)) or rate <= 0:
-        raise ValueError(f"sample rate must be a positive integer number of Hz, got {rate!r}")
-    if samples.ndim == 2 and samples.shape[1] > 16:
-        raise ValueError(
-            f"audio array must be [samples] or [samples, channels] (<= 16 channels); got shape {samples.shape} "
-            f"(transpose a [channels, samples] array)"
-        )
-    if samples.ndim not in (1, 2):
-        raise ValueError(f"audio array must be [samples] or [samples, channels]; got shape {samples.shape}")
-    num_samples = samples.shape[0]
-    if num_samples == 0 or samples.size == 0:
-        raise ValueError(f"audio is empty: shape {samples.shape} holds no samples")
-    seconds = num_samples / rate
-    if seconds > max_seconds:
-        raise ValueError(f"audio is too long: {seconds:.2f} s ({num_samples} samples at {rate} Hz) > max_seconds={max_seconds}")
-    if samples.dtype == np.uint8:
-        samples = (samples.astype(np.float32) - 128.0) / 128.0
-    elif samples.dtype in _INT_SCALE:
-        samples = samples.astype(np.float32) / _INT_SCALE[samples.dtype]
-    elif np.issubdtype(samples.dtype, np.floating):
-        samples = samples.astype(np.float32)
-        if not np.all(np.isfinite(samples)):
-            raise ValueError(f"audio holds {int(np.sum(~np.isfinite(samples)))} non-finite samples (NaN or inf)")
-    else:
-        raise ValueError(f"audio samples must be float, int8/16/32 or uint8; got dtype {samples.dtype}")
-    mono_n = samples.mean(axis=1) if samples.ndim == 2 else samples
-    return _resample(mono_n, int(rate), target_rate).astype(np.float32)
-
-
-# ---------------------------------------------------------------------------------------------
-# Training and evaluation
-
-
-def dtmf_clips(rng: np.random.Generator, batch_size: int) -> np.ndarray:
-    """A batch [B, 16000] of fresh DTMF clips from the procedural world (train-split style)."""
-    return np.stack([render_dtmf(rng, sample_symbols(rng)) for _ in range(batch_size)])
-
-
-def reconstruction_loss(graphdef: nnx.GraphDef, params: nnx.State, waveform_bn, l2_weight: float):
-    """Mean absolute log-mel error (nats) + optional squared error, and the absolute error alone."""
-    recon_btm, target_btm = nnx.merge(graphdef, params)(waveform_bn)
-    error_btm = recon_btm - target_btm
-    l1 = jnp.mean(jnp.abs(error_btm))
-    return l1 + l2_weight * jnp.mean(error_btm**2), {"mel_l1": l1}
-
-
-def make_optimizer(cfg: AudioTokenizerConfig, steps: int) -> optax.GradientTransformation:
-    return warmup_cosine_adam(cfg.learning_rate, cfg.warmup_steps, steps)
-
-
-def train_audio_tokenizer(
-    cfg: AudioTokenizerConfig,
-    clips=None,
-    steps: int | None = None,
-    seed: int = 0,
-    log: Callable[[dict], None] | None = None,
-) -> tuple[AudioTokenizer, dict]:
-    """Train from scratch; returns the model and training.autoencoder.fit's metrics (loss = mel L1 [+ L2]).
-
-    `clips`: float waveforms at 16 kHz as an array [N, samples], a sampler `fn(rng, batch_size)`,
-    or an iterator of batches; by default fresh DTMF clips from the procedural world. The step is a
-    pure jitted function over the split state, donating params and optimizer state.
-    """
-    steps = cfg.steps if steps is None else steps
-    model = AudioTokenizer(cfg, nnx.Rngs(seed))
-    loss_fn = functools.partial(reconstruction_loss, l2_weight=cfg.l2_weight)
-    return fit("audio tokenizer", model, loss_fn, make_optimizer(cfg, steps), dtmf_clips if clips is None else clips,
-               cfg.batch_size, steps, seed, log, log_every=25)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _roundtrip(graphdef, params, waveform_bn):
-    model = nnx.merge(graphdef, params)
-    codes_bt = model.encode(waveform_bn)
-    recon_btm = model.decode_log_mel(codes_bt)
-    mel_l1 = jnp.mean(jnp.abs(recon_btm - model.log_mel(waveform_bn)), axis=(1, 2))
-    return codes_bt, mel_l1, mel_to_waveform(recon_btm, model.cfg)
-
-
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance: the substitutions, insertions and deletions that turn `a` into `b`."""
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        previous, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ca != cb))
-    return row[-1]
-
-
-def evaluate(model: AudioTokenizer, num_clips: int = 200, seed: int = 12345, batch_size: int = 50) -> dict:
-    """Round-trip fresh DTMF clips (audio -> codes -> waveform) and read the keys back with the
-    world's frequency detector.
-
-    Returns sequence accuracy (the whole key string right), symbol accuracy (1 - symbol error
-    rate: edit distance over the true keys, so a key heard twice counts one error, not a shifted
-    tail), the same two for the original clips (the detector's own ceiling), mean log-mel L1
-    (nats) between the clips and their reconstructions, and the fraction of the codebook in use.
-    """
-    rng = np.random.default_rng(seed)
-    symbols = [sample_symbols(rng) for _ in range(num_clips)]
-    clips = np.stack([render_dtmf(rng, s) for s in symbols])
-    graphdef, params = nnx.split(model, nnx.Param)
-    seen = np.zeros(model.fsq.codebook_size, bool)
-    heard, mel_l1 = [], []
-    for i in range(0, num_clips, batch_size):
-        codes, l1, recon = _roundtrip(graphdef, params, clips[i : i + batch_size])
-        seen[np.asarray(codes).ravel()] = True
-        mel_l1.extend(np.asarray(l1).tolist())
-        heard.extend(detect_dtmf(np.asarray(r), model.cfg.sample_rate) for r in recon)
-
-    def accuracies(found):
-        exact = np.mean([f == s for f, s in zip(found, symbols)])
-        errors = sum(edit_distance(s, f) for f, s in zip(found, symbols))
-        return float(exact), 1.0 - errors / sum(len(s) for s in symbols)
-
-    sequence_accuracy, symbol_accuracy = accuracies(heard)
-    original_sequence, original_symbol = accuracies([detect_dtmf(c, model.cfg.sample_rate) for c in clips])
-    return {
-        "sequence_accuracy": sequence_accuracy, "symbol_accuracy": symbol_accuracy,
-        "original_sequence_accuracy": original_sequence, "original_symbol_accuracy": original_symbol,
-        "mel_l1": float(np.mean(mel_l1)), "codes_used_fraction": float(seen.mean()), "num_clips": num_clips,
-    }
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        return np.asarray(self._decode(self.state, np.asarray(codes).reshape(1, -1)))[0]

@@ -1,0 +1,1 @@
+"""Mesh, logical-axis sharding rules, TPU topologies, ahead-of-time compilation, hardware probes, host memory."""

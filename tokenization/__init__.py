@@ -1,0 +1,1 @@
+"""The tokenizers, one per modality: SentencePiece text, FSQ image and audio autoencoders (and FSQ itself)."""
