@@ -15,10 +15,13 @@ reports per-chip HBM, FLOPs and the step-time bound (serving/compile_only.py).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import Annotated
 
+import tyro
 import uvicorn
 
 from checkpoints import load_vocabulary, restore_params, tokenizers_exist, untrained_vocabulary
@@ -30,22 +33,28 @@ from serving.api import make_app
 from serving.compile_only import compile_decode_step
 from serving.server import make_server
 
-FLAGS = {
-    "--workdir": dict(default=None, help="the training run to serve (default runs/<preset>)"),
-    "--random-init": dict(action="store_true", help="serve untrained weights: no checkpoint needed (smoke tests)"),
-    "--api-key": dict(default=os.environ.get("SERVE_API_KEY"),
-                      help="require `Authorization: Bearer KEY` on every route but /health (default $SERVE_API_KEY)"),
-    "--allow-image-host": dict(action="append", default=[],
-                               help="a host image_url parts may be fetched from (repeat for more; default none)"),
-    "--topology": dict(default=None, help="a TPU slice, e.g. v5p-64, v5e-16: its planned mesh, slots and cache "
-                                          "(configs/<preset>.py); with --compile-only, compile for it"),
-    "--compile-only": dict(action="store_true", help="compile the decode step for --topology (needs the `tpu` "
-                                                     "extra), print per-chip memory and FLOPs, serve nothing"),
-}
+
+@dataclasses.dataclass(frozen=True)
+class ServeFlags:
+    """serve.py's own flags; every config field is a flag too (configs/cli.py)."""
+
+    workdir: Annotated[str | None, tyro.conf.arg(help_behavior_hint="(default: runs/<preset>)")] = None
+    """the training run to serve: its latest checkpoint and its tokenizers"""
+    random_init: tyro.conf.FlagCreatePairsOff[bool] = False
+    """serve untrained weights: no checkpoint needed (smoke tests)"""
+    api_key: Annotated[str | None, tyro.conf.arg(help_behavior_hint="(default: $SERVE_API_KEY)")] = (
+        dataclasses.field(default_factory=lambda: os.environ.get("SERVE_API_KEY")))
+    """require `Authorization: Bearer KEY` on every route but /health"""
+    allow_image_host: tyro.conf.UseAppendAction[tuple[str, ...]] = ()
+    """a host that image_url parts may be fetched from; none by default"""
+    topology: str | None = None
+    """a TPU slice, e.g. v5p-64 or v5e-16: serve with the preset's plan for it; with --compile-only, compile for it"""
+    compile_only: tyro.conf.FlagCreatePairsOff[bool] = False
+    """compile the decode step for --topology (needs the `tpu` extra), print per-chip memory and FLOPs, and exit"""
 
 
 def main() -> None:
-    cfg, flags = parse(prog="serve.py", flags=FLAGS, program="serve")
+    cfg, flags = parse(prog="serve.py", flags=ServeFlags, program="serve")
     if flags.compile_only:  # parallel/aot.py, serving/compile_only.py
         compile_on_cpu()
         sys.exit(compile_only(compile_decode_step, cfg, flags.topology))
@@ -63,7 +72,7 @@ def main() -> None:
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"serve.py: {error}")
     server = make_server(cfg, vocab, graphdef, params, mesh, api_key=flags.api_key,
-                         allowed_image_hosts=tuple(flags.allow_image_host))
+                         allowed_image_hosts=flags.allow_image_host)
     del params  # the engine keeps its own copy, one array per layer: the stacked one would double the memory
     uvicorn.run(make_app(server), host=cfg.serve.host, port=cfg.serve.port, log_level="info")
 

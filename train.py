@@ -20,12 +20,15 @@ tokenizers must be trained beforehand, by one process (`--stage tokenizers`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Annotated, Literal
 
 import jax
+import tyro
 
 from checkpoints import load_vocabulary, tokenizers_exist
 from configs.cli import parse
@@ -36,17 +39,25 @@ from training.compile_only import compile_train_step
 from training.lm_stage import train_lm
 from training.tokenizer_stage import train_tokenizers
 
-FLAGS = {
-    "--workdir": dict(default=None, help="where everything goes (default runs/<preset>)"),
-    "--stage": dict(default="all", choices=("all", "tokenizers", "lm"), help="which stage to run"),
-    "--coordinator": dict(default=None, help="multi-host without cluster detection: host:port of process 0"),
-    "--num-processes": dict(type=int, default=None, help="multi-host without cluster detection: how many"),
-    "--process-id": dict(type=int, default=None, help="multi-host without cluster detection: this one's index"),
-    "--topology": dict(default=None, help="a TPU slice, e.g. v5p-1024, v5e-256, `2x v5e-256`: its planned mesh, "
-                                          "remat and batch (configs/<preset>.py); with --compile-only, compile for it"),
-    "--compile-only": dict(action="store_true", help="compile the train step for --topology (needs the `tpu` extra), "
-                                                     "print per-chip memory and FLOPs, run nothing"),
-}
+
+@dataclasses.dataclass(frozen=True)
+class TrainFlags:
+    """train.py's own flags; every config field is a flag too (configs/cli.py)."""
+
+    workdir: Annotated[str | None, tyro.conf.arg(help_behavior_hint="(default: runs/<preset>)")] = None
+    """where the tokenizers, checkpoints, metrics and summary go"""
+    stage: Literal["all", "tokenizers", "lm"] = "all"
+    """which stage to run; `all` trains the tokenizers only when they are missing"""
+    coordinator: str | None = None
+    """multi-host without cluster detection: host:port of process 0"""
+    num_processes: int | None = None
+    """multi-host without cluster detection: how many processes there are"""
+    process_id: int | None = None
+    """multi-host without cluster detection: this process's index, from 0"""
+    topology: str | None = None
+    """a TPU slice, e.g. v5p-1024 or `2x v5e-256`: use the preset's plan for it; with --compile-only, compile for it"""
+    compile_only: tyro.conf.FlagCreatePairsOff[bool] = False
+    """compile the train step for --topology (needs the `tpu` extra), print per-chip memory and FLOPs, and exit"""
 
 
 def join_other_processes(flags) -> None:
@@ -54,6 +65,7 @@ def join_other_processes(flags) -> None:
 
     Explicit flags name the processes; without them jax's cluster detection decides (a Cloud TPU VM,
     Slurm or Open MPI fills everything in), and where it finds no cluster this is a single process.
+    `flags`: anything with `coordinator`, `num_processes` and `process_id` attributes (a TrainFlags).
     """
     if flags.num_processes is not None:
         jax.distributed.initialize(flags.coordinator, flags.num_processes, flags.process_id)
@@ -67,7 +79,7 @@ def join_other_processes(flags) -> None:
 def main() -> None:
     started = time.perf_counter()
     reuse_freed_memory()  # before jax runs anything (parallel/host_memory.py)
-    cfg, flags = parse(prog="train.py", flags=FLAGS, program="train")
+    cfg, flags = parse(prog="train.py", flags=TrainFlags, program="train")
     if flags.compile_only:  # parallel/aot.py, training/compile_only.py
         compile_on_cpu()
         sys.exit(compile_only(compile_train_step, cfg, flags.topology))

@@ -33,31 +33,52 @@ class ModelConfig:
     """The decoder's shape. The vocabulary is text pieces, then image codes, then audio codes."""
 
     text_vocab_size: int
+    """SentencePiece pieces: the vocabulary's first ids"""
     image_vocab_size: int
+    """image codes, the ids after the text pieces: the image tokenizer's codebook size"""
     audio_vocab_size: int
+    """audio codes, the ids after the image codes: the audio tokenizer's codebook size"""
     d_model: int
+    """width of the residual stream"""
     num_layers: int
+    """decoder blocks"""
     num_heads: int
-    num_kv_heads: int  # 1 = multi-query; num_heads = multi-head; in between = grouped-query
+    """query heads per attention layer"""
+    num_kv_heads: int
+    """key/value heads: 1 = multi-query; num_heads = multi-head; in between = grouped-query"""
     head_dim: int
+    """width of one attention head (even: RoPE rotates pairs)"""
     mlp_dim: int
+    """hidden width of each block's gated MLP"""
     max_seq_len: int
+    """longest sequence the model is built for: bounds data.seq_len and serve.max_cache_len"""
     tie_embeddings: bool = True
+    """the output projection reuses the input embedding table"""
     qk_norm: bool = False
+    """RMS-normalise queries and keys before attention"""
     rope_base: float = 10_000.0
+    """base of RoPE's rotation frequencies"""
     norm_eps: float = 1e-6
+    """epsilon added inside every RMSNorm"""
     param_dtype: DType = "float32"
+    """dtype the parameters are stored and updated in"""
     compute_dtype: DType = "bfloat16"
+    """dtype of the activations and matmuls"""
     remat_policy: RematPolicy = "dots_saveable"
-    # Layers per iteration of the layer scan. 1 keeps compile time flat in depth (the scale presets);
-    # a shallow model unrolls all of them: the loop and its stacked per-layer buffers took a fifth
-    # of the tiny preset's CPU step (README, "Measured").
+    """what the backward pass recomputes, not keeps: nothing, everything (full), or all but the matmuls (dots_*)"""
+    # 1 keeps compile time flat in depth (the scale presets); a shallow model unrolls all of them:
+    # the loop and its stacked per-layer buffers took a fifth of the tiny preset's CPU step
+    # (README, "Measured").
     scan_unroll: int = 1
+    """layers per iteration of the layer scan"""
     attention_backend: AttentionBackend = "xla"
-    # The image and audio tokenizers' FSQ levels, or () for plain rows: given, each code's embedding
-    # is its own row plus a learned row per FSQ digit (model/layers.py, Embedding).
+    """attention kernel: xla, cudnn (GPU), or splash (the Pallas kernel on TPU; xla elsewhere)"""
+    # Given, each code's embedding is its own row plus a learned row per FSQ digit (model/layers.py,
+    # Embedding).
     image_code_levels: tuple[int, ...] = ()
+    """the image tokenizer's FSQ levels, to embed image codes digit by digit; () for plain rows"""
     audio_code_levels: tuple[int, ...] = ()
+    """the audio tokenizer's FSQ levels, to embed audio codes digit by digit; () for plain rows"""
 
     def __post_init__(self):
         _check_positive("model", self, ("text_vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
@@ -92,10 +113,14 @@ class ModelConfig:
 class MeshConfig:
     """Device mesh. One axis may be -1: it takes whatever devices the others leave."""
 
-    dcn_data: int = 1  # data parallelism across slices (over the data-centre network)
+    dcn_data: int = 1
+    """data parallelism across slices, over the data-centre network"""
     data: int = 1
+    """data parallelism within a slice: the batch split along it, the parameters replicated"""
     fsdp: int = -1
+    """fully sharded data parallelism: the batch and the weights split, weights gathered per layer"""
     tensor: int = 1
+    """tensor parallelism: attention heads, MLP width and vocabulary split along it"""
 
     AXES = ("dcn_data", "data", "fsdp", "tensor")
 
@@ -126,16 +151,26 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
+    """What the LM trains on: packed rows of the procedural world's examples."""
+
     seq_len: int = 512
+    """tokens per training row"""
     global_batch_size: int = 8
+    """rows per step, over all devices and micro-batches"""
     seed: int = 0
-    overlong: Literal["truncate", "drop"] = "truncate"  # an example longer than a row: cut it, or skip it
-    packing_bins: int = 16  # rows first-fit packing fills at once (more: denser rows, more latency)
-    prefetch: int = 2  # batches a background thread keeps ready (0: none)
-    # Mixture weights of the world's caption, audio and document examples. Documents are the longest
-    # (two or three pictures and sounds each); at equal weights they take ~60% of the tokens.
+    """seed of the example order and templates, and of the text SentencePiece trains on"""
+    overlong: Literal["truncate", "drop"] = "truncate"
+    """an example longer than a row: cut it, or skip it"""
+    packing_bins: int = 16
+    """rows first-fit packing fills at once (more: denser rows, more latency)"""
+    prefetch: int = 2
+    """batches a background thread keeps ready (0: none)"""
+    # Documents are the longest (two or three pictures and sounds each); at equal weights they take
+    # ~60% of the tokens.
     world_mixture: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    captioning_share: float = 0.5  # of the world's caption examples, the share templated picture -> text (the rest: drawing)
+    """mixture weights of the world's caption, audio and document examples"""
+    captioning_share: float = 0.5
+    """of the world's caption examples, the share templated picture -> text (the rest: drawing)"""
 
     def __post_init__(self):
         _check_positive("data", self, ("seq_len", "global_batch_size", "packing_bins"))
@@ -149,18 +184,32 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    """The LM's optimiser, and its training loop's checkpoints and evals."""
+
     steps: int = 1000
+    """LM optimiser steps in all; a resumed run goes on to this many"""
     learning_rate: float = 3e-4
+    """the LM's peak learning rate, reached after warmup and decayed by a cosine to a tenth"""
     warmup_steps: int = 100
+    """steps of the LM's linear learning-rate warmup"""
     weight_decay: float = 0.1
+    """AdamW's decoupled weight decay"""
     grad_clip_norm: float = 1.0
+    """the global gradient norm is clipped to this"""
     grad_accum_steps: int = 1
-    z_loss_weight: float = 1e-4  # pulls log Z toward 0, the stability fix early-fusion models needed
+    """micro-batches each step's batch is split into (divides data.global_batch_size)"""
+    z_loss_weight: float = 1e-4
+    """weight of the z-loss, which pulls log Z toward 0: the stability fix early-fusion models needed"""
     seed: int = 0
+    """seed of the LM's initial parameters and of the tokenizers' training"""
     checkpoint_every: int = 200
+    """steps between checkpoints"""
     keep_checkpoints: int = 3
-    eval_every: int = 1000  # steps between held-out evals; the last step is always evaluated
-    eval_examples: int = 200  # per eval task
+    """checkpoints kept on disk; older ones are deleted"""
+    eval_every: int = 1000
+    """steps between held-out evals; the last step is always evaluated"""
+    eval_examples: int = 200
+    """held-out examples per eval task"""
 
     def __post_init__(self):
         _check_positive("train", self, ("steps", "learning_rate", "grad_clip_norm", "grad_accum_steps",
@@ -174,16 +223,26 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ServeConfig:
-    slots: int = 8  # concurrent decode slots sharing one KV cache
-    max_cache_len: int = 1024  # prompt + reply, per slot
-    max_tokens: int = 256  # the most one request may ask to generate
-    max_queue: int = 256  # requests waiting for a slot; one more gets 429
+    """serve.py's engine, its limits, and where it listens."""
+
+    slots: int = 8
+    """concurrent decode slots sharing one KV cache"""
+    max_cache_len: int = 1024
+    """KV cache positions per slot: the longest prompt + reply"""
+    max_tokens: int = 256
+    """the most tokens one request may ask to generate"""
+    max_queue: int = 256
+    """requests waiting for a slot; one more gets 429"""
     request_timeout_s: float = 120.0
-    max_body_bytes: int = 8 * 2**20  # a request body, or a fetched image
-    # Weight-only int8 (model/int8.py): half of bfloat16's bytes to hold and to read each step.
+    """seconds a request may take; past them it gets 504 and its slot is freed"""
+    max_body_bytes: int = 8 * 2**20
+    """the largest request body, or fetched image, in bytes"""
     int8_weights: bool = False
+    """weight-only int8 (model/int8.py): half of bfloat16's bytes to hold and to read each step"""
     host: str = "127.0.0.1"
+    """address the HTTP server binds"""
     port: int = 8000
+    """TCP port the HTTP server listens on"""
 
     def __post_init__(self):
         _check_positive("serve", self, ("slots", "max_cache_len", "max_tokens", "max_queue", "request_timeout_s",
@@ -210,7 +269,10 @@ class PodPlan:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+    """Everything a preset sets; the scripts take each field as a flag (configs/cli.py)."""
+
     name: str
+    """the run's name: its default workdir is runs/<name>, and serve.py answers as model <name>"""
     model: ModelConfig
     mesh: MeshConfig = MeshConfig()
     data: DataConfig = DataConfig()

@@ -18,21 +18,31 @@ class ImageTokenizerConfig:
 
     The defaults are the `tiny` world's tokenizer: 32x32 -> 8x8 = 64 tokens of 1,000 codes, 0.36M
     parameters, trained in about 50 s on two CPU cores to ~33 dB PSNR with ~80% of the codes in
-    use. Small batches: per image seen, batch 16 learned faster than 32 or 64, and its
-    activations stay in cache, so it is also faster per image.
+    use.
     """
 
     image_size: int = 32
+    """side of the square images it encodes, in pixels"""
     downsample: int = 4
+    """pixels per token along each side (a power of two)"""
     levels: tuple[int, ...] = (8, 5, 5, 5)
+    """FSQ levels of an image code's digits; their product is the number of image codes"""
     channels: tuple[int, ...] = (16, 32, 64)
-    res_blocks: tuple[int, ...] = (0, 1, 2)  # residual blocks per resolution, in encoder and decoder each
-    # training
+    """convolution widths per image resolution, from full size down"""
+    res_blocks: tuple[int, ...] = (0, 1, 2)
+    """residual blocks per image resolution, in the encoder and the decoder each"""
+    # training. Small batches: per image seen, batch 16 learned faster than 32 or 64, and its
+    # activations stay in cache, so it is also faster per image.
     batch_size: int = 16
+    """images per image-tokenizer training step"""
     learning_rate: float = 2e-3
-    encoder_lr_scale: float = 0.3  # the encoder trains slower than the decoder: see make_optimizer
+    """the image tokenizer's peak learning rate"""
+    encoder_lr_scale: float = 0.3
+    """the image encoder's learning rate over the decoder's (see make_optimizer)"""
     warmup_steps: int = 50
+    """steps of the image tokenizer's learning-rate warmup"""
     steps: int = 2500
+    """image-tokenizer training steps"""
 
     def __post_init__(self):
         stages = int(round(math.log2(self.downsample)))
@@ -84,33 +94,57 @@ class AudioTokenizerConfig:
 
     # front end: 16 kHz, 25 ms Hann window zero-padded to 512, 10 ms hop, 80 HTK-mel bands
     sample_rate: int = 16000
+    """audio samples per second"""
     hop: int = 160
+    """samples between consecutive mel frames"""
     window: int = 400
+    """samples under each frame's Hann window, zero-padded to n_fft"""
     n_fft: int = 512
+    """FFT length of each frame"""
     n_mels: int = 80
+    """mel bands (HTK mel scale)"""
     f_min: float = 0.0
+    """lowest mel band edge, in Hz"""
     f_max: float = 8000.0
-    log_floor: float = 3e-2  # log(mel + floor): ~70 dB below a full-scale tone's band
-    log_mel_center: float = -2.5  # fixed affine normalisation of the network's input and output
+    """highest mel band edge, in Hz"""
+    log_floor: float = 3e-2
+    """floor added before the log, log(mel + floor): ~70 dB below a full-scale tone's band"""
+    log_mel_center: float = -2.5
+    """the network's input and output are (log-mel - center) / scale: this fixed center"""
     log_mel_scale: float = 2.5
+    """the network's input and output are (log-mel - center) / scale: this fixed scale"""
     # network
     downsample: int = 4
+    """mel frames per audio token (a power of two)"""
     levels: tuple[int, ...] = (8, 5, 5, 5)
+    """FSQ levels of an audio code's digits; their product is the number of audio codes"""
     channels: tuple[int, ...] = (64, 128, 128)
-    res_blocks: tuple[int, ...] = (0, 0, 2)  # residual blocks per resolution, encoder and decoder each
+    """convolution widths per time resolution, from the frame rate down"""
+    res_blocks: tuple[int, ...] = (0, 0, 2)
+    """residual blocks per time resolution, in the encoder and the decoder each"""
     kernel: int = 3
+    """convolution kernel length along time"""
     # back end
-    mel_inverse_iters: int = 100  # multiplicative (non-negative least squares) refinements of the pinv
+    mel_inverse_iters: int = 100
+    """multiplicative (non-negative least squares) refinements of the mel pseudo-inverse"""
     griffin_lim_iters: int = 64
-    griffin_lim_momentum: float = 0.99  # "fast Griffin-Lim" (Perraudin et al. 2013)
+    """Griffin-Lim iterations that recover the phase"""
+    griffin_lim_momentum: float = 0.99
+    """momentum of "fast Griffin-Lim" (Perraudin et al. 2013)"""
     # training
     batch_size: int = 32
+    """clips per audio-tokenizer training step"""
     learning_rate: float = 6e-3
+    """the audio tokenizer's peak learning rate"""
     warmup_steps: int = 30
+    """steps of the audio tokenizer's learning-rate warmup"""
     steps: int = 1000
-    l2_weight: float = 1.0  # added to the L1: squared error leans on the tone peaks, where the errors are large
-    # inputs from the outside world: the longest clip `prepare_audio` accepts for this tokenizer's callers
+    """audio-tokenizer training steps"""
+    # Squared error leans on the tone peaks, where the errors are large.
+    l2_weight: float = 1.0
+    """weight of the squared error added to the L1 reconstruction loss"""
     max_seconds: float = 30.0
+    """the longest clip from outside (a request's audio) `prepare_audio` accepts"""
 
     def __post_init__(self):
         stages = int(round(math.log2(self.downsample)))
@@ -162,12 +196,16 @@ class AudioTokenizerConfig:
 class TokenizersConfig:
     """The three tokenizers and how the tokenizer stage trains and measures them."""
 
-    text_model: str = ""  # a user's SentencePiece .model file; empty: train one on the world's text
-    text_examples: int = 20_000  # world examples whose text trains SentencePiece
+    text_model: str = ""
+    """a user's SentencePiece .model file; empty: train one on the world's text"""
+    text_examples: int = 20_000
+    """world examples whose text trains SentencePiece"""
     image: ImageTokenizerConfig = ImageTokenizerConfig()
     audio: AudioTokenizerConfig = AudioTokenizerConfig()
-    eval_images: int = 1000  # held-out renderings for PSNR and code usage
-    eval_clips: int = 200  # held-out DTMF clips for round-trip key accuracy
+    eval_images: int = 1000
+    """held-out renderings for PSNR and code usage"""
+    eval_clips: int = 200
+    """held-out DTMF clips for round-trip key accuracy"""
 
     @classmethod
     def for_scale(cls) -> "TokenizersConfig":

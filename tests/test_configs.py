@@ -1,18 +1,23 @@
 """Every preset builds; sizes match their targets and formula; bad configs fail naming the field."""
 
 import dataclasses
+import re
 import subprocess
 import sys
+import warnings
 
 import jax
 import pytest
+import tyro
 
 from configs import PRESETS, get_config
 from configs.__main__ import table
 from configs.base import MeshConfig
-from configs.cli import parse
+from configs.cli import parse, tyro_spec
 from model.costs import analytic_params, counted_params
 from parallel.sharding import make_mesh
+from serve import ServeFlags
+from train import TrainFlags
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -86,12 +91,13 @@ def test_command_line_overrides_any_field_of_the_chosen_preset():
     assert cfg.mesh.tensor == 2 and cfg.train.learning_rate == 0.01 and not cfg.model.tie_embeddings
 
 
-def test_command_line_refuses_unknown_preset_and_invalid_override():
-    run = lambda *args: subprocess.run([sys.executable, "-c", "from configs.cli import parse; parse()", *args],
-                                       capture_output=True, text=True)
-    bad_preset = run("--config", "huge")
-    assert bad_preset.returncode != 0 and "unknown preset 'huge'" in bad_preset.stderr
-    bad_heads = run("--config", "tiny", "--model.num-kv-heads", "3")
+def test_command_line_refuses_unknown_preset_and_invalid_override(capsys):
+    with pytest.raises(SystemExit) as exit:
+        parse(["--config", "huge", "--workdir", "x"], prog="train.py", flags=TrainFlags)
+    assert exit.value.code == 2
+    assert "--config: unknown preset 'huge'; choose from tiny, nano1, nano2, pro, ultra" in capsys.readouterr().err
+    bad_heads = subprocess.run([sys.executable, "-c", "from configs.cli import parse; parse()", "--config", "tiny",
+                                "--model.num-kv-heads", "3"], capture_output=True, text=True)
     assert bad_heads.returncode != 0 and "model.num_kv_heads" in bad_heads.stderr
 
 
@@ -102,7 +108,61 @@ def test_python_m_configs_prints_a_row_per_preset_with_counted_and_formula_param
         assert "| exact |" in row and f"{counted_params(get_config(preset).model):,}" in row
 
 
-def test_a_script_declares_its_own_flags_beside_the_config():
-    cfg, flags = parse(["--workdir", "/tmp/x", "--config", "tiny", "--model.num-layers", "2"],
-                       flags={"--workdir": dict(default="runs/tiny", help="where everything goes")})
-    assert flags.workdir == "/tmp/x" and cfg.model.num_layers == 2
+def test_script_flags_and_config_overrides_parse_in_one_call():
+    cfg, flags = parse(["--workdir", "/tmp/x", "--stage", "lm", "--config", "nano1", "--model.num-layers", "3",
+                        "--train.steps=300", "--coordinator", "localhost:1234", "--num-processes", "2",
+                        "--process-id", "0"], prog="train.py", flags=TrainFlags, program="train")
+    assert flags == TrainFlags(workdir="/tmp/x", stage="lm", coordinator="localhost:1234", num_processes=2, process_id=0)
+    assert cfg.name == "nano1" and cfg.model.num_layers == 3 and cfg.train.steps == 300
+    assert parse([], flags=TrainFlags)[1] == TrainFlags()  # every script flag has a default
+    with pytest.raises(SystemExit):
+        parse(["--stage", "everything"], flags=TrainFlags)
+
+
+def test_topology_picks_the_presets_plan_for_that_program_under_the_overrides():
+    cfg, flags = parse(["--config", "nano1", "--compile-only", "--topology", "v5e-16", "--train.grad-accum-steps", "4"],
+                       flags=TrainFlags, program="train")
+    assert flags.compile_only and flags.topology == "v5e-16"
+    assert cfg.mesh.fsdp == 16 and cfg.model.remat_policy == "full" and cfg.train.grad_accum_steps == 4
+    cfg, flags = parse(["--config", "nano1", "--topology", "v5e-1"], flags=ServeFlags, program="serve")
+    assert cfg.serve.int8_weights and cfg.serve.slots == 16 and not flags.compile_only
+
+
+def test_serve_flags_repeat_image_hosts_and_take_the_api_key_from_the_environment(monkeypatch, capsys):
+    monkeypatch.setenv("SERVE_API_KEY", "from-env-secret")
+    _, flags = parse(["--config", "tiny", "--random-init"], flags=ServeFlags, program="serve")
+    assert flags.random_init and flags.api_key == "from-env-secret" and flags.allow_image_host == ()
+    _, flags = parse(["--workdir", "runs/tiny", "--api-key", "K", "--allow-image-host", "a.com",
+                      "--allow-image-host", "b.com"], flags=ServeFlags, program="serve")
+    assert flags.api_key == "K" and flags.allow_image_host == ("a.com", "b.com") and flags.workdir == "runs/tiny"
+    with pytest.raises(SystemExit) as exit:
+        parse(["--help"], prog="serve.py", flags=ServeFlags, program="serve")
+    assert exit.value.code == 0
+    text = capsys.readouterr().out
+    assert "--allow-image-host" in text and "--serve.port" in text and "$SERVE_API_KEY" in text
+    assert "from-env-secret" not in text  # --help names the variable, never its value
+
+
+def flag_help(preset: str, program: str) -> dict[str, str]:
+    """Every flag of `python {program}.py --config {preset}` -> its help text, tyro's hint stripped."""
+    flags = {"train": TrainFlags, "serve": ServeFlags}[program]
+    with warnings.catch_warnings():  # get_parser: tyro's argparse view of the same command line, deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        parser = tyro.extras.get_parser(**tyro_spec(["--config", preset], f"{program}.py", flags, program))
+    return {action.option_strings[0]: re.sub(r"\s*\((default: .*|repeatable|required|optional)\)$", "",
+                                              action.help or "", flags=re.DOTALL).strip()
+            for action in parser._actions if action.option_strings and action.dest != "help"}
+
+
+@pytest.mark.parametrize("program", ["train", "serve"])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_flag_has_its_own_help_text(preset, program):
+    helps = flag_help(preset, program)
+    assert {"--config", "--workdir", "--topology", "--model.num-layers", "--serve.host", "--serve.port",
+            "--tokenizers.audio.levels"} <= set(helps)
+    flags_by_text: dict[str, list[str]] = {}
+    for flag, text in helps.items():
+        flags_by_text.setdefault(text, []).append(flag)
+    assert not {text: flags for text, flags in flags_by_text.items() if text and len(flags) > 1}, "help shared by fields"
+    assert not [flag for flag, text in helps.items() if not text], "flags without help"
+    assert all("\n" not in text for text in helps.values()), "a help docstring over two lines keeps its break"
