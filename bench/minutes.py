@@ -16,7 +16,7 @@ the pieces of a decode step at the bench shape, each the median of 20 calls (par
     step behind as the scheduler does; and batch32_over_batch1, the tokens/s ratio they make
     (32 x batch1_step_s / batch32_step_s), both timed within the same second.
 Prints one JSON line per sample, then one per kind of minute (reads under 4.6 ms: fast) with the
-medians. The README's "Measured" reads it: in fast minutes the read runs ~1.7x faster while the
+medians. docs/performance.md reads it: in fast minutes the read runs ~1.7x faster while the
 compute-bound pieces run slower.
 """
 

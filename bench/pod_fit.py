@@ -5,7 +5,7 @@ on this machine (no TPU needed; the `tpu` extra), one per process.
 
 Prints one JSON line per (preset, program, slice): the report of `train.py` / `serve.py
 --compile-only --topology SLICE` (parallel/aot.py) plus the wall-clock seconds the compile took;
-`--markdown` then prints the README's table. Exits non-zero if any plan does not fit with 10% of
+`--markdown` then prints the table in docs/pod-scale.md. Exits non-zero if any plan does not fit with 10% of
 HBM to spare. Takes minutes: the largest presets compile for 512 chips.
 """
 
@@ -57,7 +57,7 @@ def markdown(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=[name for name in PRESETS if name != "tiny"])
-    parser.add_argument("--markdown", action="store_true", help="also print the README's table")
+    parser.add_argument("--markdown", action="store_true", help="also print the table of docs/pod-scale.md")
     args = parser.parse_args()
     rows = []
     for preset in args.presets:

@@ -6,7 +6,7 @@ Times the real step the trainer runs (training/train_step.py: AdamW, clipping, z
 jitted with the state donated) on random batches shaped like the pipeline's. The model is the
 tiny preset widened to d_model 512, 8 layers, 8 query heads over 1 kv head, gated MLP 2048, an
 untied 32,768-id vocabulary, and no remat: the activations fit, and dots_saveable measured the
-same within noise (README, "Measured").
+same within noise (docs/performance.md).
 Prints JSON lines:
   - the step: tokens/s, median step seconds, model FLOPs per step (model/costs.py, logits matmul
     included), the matmul peak measured in this run (parallel/hardware.py) and MFU against it;

@@ -2,16 +2,16 @@
 
 XLA:CPU allocates each run's temporaries as one block (535 MB for a tiny-preset train step) and
 frees it at the end. glibc serves a block that large with a fresh mmap and returns it with munmap,
-so every step the kernel hands out and zeroes the same memory again: measured on the tiny step,
-131k page faults and 0.2 s of kernel time a step, a third of the step's CPU time. Two changes
-make a freed block stay in the heap for the next run to reuse (0 faults; README, "Measured"):
+so every step the kernel hands out and zeroes the same memory again (a third of the tiny step's
+CPU time, in page faults). Two changes make a freed block stay in the heap for the next run to
+reuse:
 
   - malloc never mmaps and never trims, so large blocks come from the heap and stay there;
   - jax runs CPU computations on the calling thread (no async dispatch). Only the main thread's
     heap can grow past 64 MB; the worker thread that runs them under async dispatch has a
     bounded heap, so there a large block is mmapped whatever the settings. Sending every thread
-    to the main heap instead (one malloc arena) also works for the step, but made the tokenizer
-    stage's many-threaded small allocations contend: 83 -> 106 s.
+    to the main heap instead (one malloc arena) also works for the step, but makes the tokenizer
+    stage's many-threaded small allocations contend.
 
 For train.py, whose loop reads every step's metrics before the next step anyway, synchronous
 dispatch loses no overlap. serve.py keeps async dispatch: its scheduler queues the next decode
