@@ -66,9 +66,8 @@ class ModelConfig:
     """dtype of the activations and matmuls"""
     remat_policy: RematPolicy = "dots_saveable"
     """what the backward pass recomputes, not keeps: nothing, everything (full), or all but the matmuls (dots_*)"""
-    # 1 keeps compile time flat in depth (the scale presets); a shallow model unrolls all of them:
-    # the loop and its stacked per-layer buffers took a fifth of the tiny preset's CPU step
-    # (README, "Measured").
+    # 1 keeps compile time flat in depth (the scale presets); a shallow model unrolls all of them,
+    # sparing the loop and its stacked per-layer buffers.
     scan_unroll: int = 1
     """layers per iteration of the layer scan"""
     attention_backend: AttentionBackend = "xla"

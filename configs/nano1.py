@@ -15,7 +15,7 @@ def config() -> Config:
     )
 
 
-# Checked by compiling for each slice (`python bench/pod_fit.py`; README, "Pod scale").
+# Checked by compiling for each slice (`python bench/pod_fit.py`; docs/pod-scale.md).
 # Training: 16 rows a chip, one at a time (the 335k-id logits of a 2048-token row are 2.7 GB in
 # float32), with full remat.
 TRAIN_PLANS = {

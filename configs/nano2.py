@@ -15,7 +15,7 @@ def config() -> Config:
     )
 
 
-# Checked by compiling for each slice (`python bench/pod_fit.py`; README, "Pod scale").
+# Checked by compiling for each slice (`python bench/pod_fit.py`; docs/pod-scale.md).
 # Training: as nano1's plan, one row at a time left 3% of HBM free; tensor 2 halves the logits
 # (and the heads and ffn) on each chip, and FSDP 8 x micro-batches of one row per FSDP group fit.
 TRAIN_PLANS = {

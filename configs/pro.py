@@ -15,7 +15,7 @@ def config() -> Config:
     )
 
 
-# Checked by compiling for each slice (`python bench/pod_fit.py`; README, "Pod scale").
+# Checked by compiling for each slice (`python bench/pod_fit.py`; docs/pod-scale.md).
 # Training keeps the preset's tensor 8 (heads 32, ffn 32768 split 8 ways) and FSDP over the rest;
 # full remat, and micro-batches of 8 rows per FSDP group on v5p (95 GB a chip), 1 on v5e (16 GiB).
 TRAIN_PLANS = {

@@ -26,11 +26,9 @@ def config() -> Config:
             scan_unroll=4,  # all four layers: no loop, no stacked per-layer buffers
         ),
         mesh=MeshConfig(data=-1, fsdp=1, tensor=1),
-        # Captions (captioning + drawing) weigh most: reading a shape from its image codes is what
-        # the tiny model learns last (at the end of a 2,800-step run the shape was what was wrong in
-        # 20 of 21 wrong captions, 18 of them small shapes).
-        # Batch 4: per token, twice the steps of batch 8 learned more (caption 76.5% vs 68% for the
-        # same 4.1M tokens); batch 2 did not learn faster again (README, "The default run").
+        # Captions (captioning + drawing) weigh most: reading a shape (a small one above all) from
+        # its image codes is what the tiny model learns last. Batch 4: per token, more steps of a
+        # smaller batch learn more, down to 4.
         data=DataConfig(seq_len=512, global_batch_size=4, world_mixture=(3.0, 2.0, 1.0)),
         # As many steps as fit the 20-minute budget of the CPU quickstart with its tokenizer stage.
         train=TrainConfig(steps=3000, learning_rate=2e-3, warmup_steps=50, checkpoint_every=500, eval_every=1000),

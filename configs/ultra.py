@@ -15,7 +15,7 @@ def config() -> Config:
     )
 
 
-# Checked by compiling for each slice (`python bench/pod_fit.py`; README, "Pod scale").
+# Checked by compiling for each slice (`python bench/pod_fit.py`; docs/pod-scale.md).
 # Training: tensor 16 (48 heads, ffn 73728), FSDP 32, full remat, 2 rows a micro-batch per FSDP group.
 TRAIN_PLANS = {
     "v5p-1024": PodPlan(mesh=MeshConfig(data=1, fsdp=32, tensor=16), model=dict(remat_policy="full"),
