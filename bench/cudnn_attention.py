@@ -22,8 +22,8 @@ import numpy as np
 
 from configs.base import MeshConfig, ModelConfig
 from model.attention import KVCache
+from model.transformer import forward, init_model, to_per_layer
 from parallel.sharding import make_mesh
-from model.transformer import forward, init_model
 
 BATCH, LENGTH, CACHE = 4, 256, 320
 
@@ -51,8 +51,8 @@ def run(cfg: ModelConfig, data: dict) -> dict:
     graphdef, state = init_model(cfg, make_mesh(MeshConfig(data=1, fsdp=1, tensor=1)))
     f = jax.jit(forward, static_argnums=0)
     logits, _ = f(graphdef, state, data["tokens"], data["packed_positions"], data["packed"])
-    cached, _ = f(graphdef, state, data["tokens"], data["single_positions"], data["single"],
-                  KVCache.init(cfg, BATCH, CACHE))
+    cached, _ = f(*to_per_layer(graphdef, state), data["tokens"], data["single_positions"], data["single"],
+                  KVCache.init(cfg, BATCH, CACHE))  # the layout that decodes takes the cache
     real = data["packed"] != 0
 
     def loss(state):
