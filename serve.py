@@ -26,9 +26,9 @@ import uvicorn
 
 from checkpoints import load_vocabulary, restore_params, tokenizers_exist, untrained_vocabulary
 from configs.cli import parse
+from model.transformer import init_model
 from parallel.aot import compile_on_cpu, compile_only
 from parallel.sharding import make_mesh
-from model.transformer import init_model
 from serving.api import make_app
 from serving.compile_only import compile_decode_step
 from serving.server import make_server

@@ -40,9 +40,9 @@ from configs.base import MeshConfig
 from configs.bench import bench_config
 from model.attention import KVCache
 from model.costs import counted_params
+from model.transformer import Transformer, forward, prepare_for_decoding, to_per_layer
 from parallel.hardware import matmul_peak_flops, read_seconds
 from parallel.sharding import make_mesh
-from model.transformer import Transformer, forward, prepare_for_decoding, to_per_layer
 from serving.engine import Engine, SamplingParams
 
 EOS = -1  # no stop id: every row decodes its full budget

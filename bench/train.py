@@ -32,9 +32,9 @@ from configs import get_config
 from configs.base import REMAT_POLICIES, ModelConfig, TrainConfig
 from configs.bench import SEQ, bench_config
 from model.costs import counted_params, train_flops_per_token
+from model.transformer import Transformer
 from parallel.hardware import matmul_peak_flops
 from parallel.host_memory import reuse_freed_memory
-from model.transformer import Transformer
 from training.train_step import make_optimizer, train_step
 
 BATCH = 8

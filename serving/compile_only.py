@@ -11,11 +11,11 @@ from __future__ import annotations
 import jax
 
 from configs.base import Config, MeshConfig
-from parallel.aot import ChipReport, compile_for, hlo_flops
 from model.costs import decode_flops_per_step
+from model.transformer import abstract_model
+from parallel.aot import ChipReport, compile_for, hlo_flops
 from parallel.sharding import make_mesh
 from parallel.topologies import Topology
-from model.transformer import abstract_model
 from serving.engine import Engine
 
 

@@ -7,12 +7,12 @@ import time
 
 from configs.base import Config
 from data.segments import Image, Text
-from tokenization.text import EOS
 from data.vocab import Vocabulary
 from serving.engine import Engine
 from serving.media import png_data_url
 from serving.metrics import ServingMetrics
 from serving.scheduler import Scheduler
+from tokenization.text import EOS
 
 
 @dataclasses.dataclass

@@ -22,8 +22,8 @@ from flax import nnx
 from configs.tokenizers import AudioTokenizerConfig
 from data.media import prepare_audio
 from model.layers import param
-from tokenization.fsq import FSQ
 from parallel.sharding import constrain
+from tokenization.fsq import FSQ
 
 # ---------------------------------------------------------------------------------------------
 # The signal path: STFT, mel filterbank, Griffin-Lim (no parameters)

@@ -20,8 +20,8 @@ from flax import nnx
 from configs.tokenizers import ImageTokenizerConfig
 from data.media import prepare_image
 from model.layers import RMSNorm, param
-from tokenization.fsq import FSQ
 from parallel.sharding import constrain
+from tokenization.fsq import FSQ
 
 
 class Conv(nnx.Module):

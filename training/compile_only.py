@@ -22,11 +22,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from configs.base import Config, MeshConfig
 from data.pipeline import BATCH_FIELDS
-from parallel.aot import ChipReport, compile_for, hlo_flops
 from model.costs import train_flops_per_token
+from model.transformer import abstract_model
+from parallel.aot import ChipReport, compile_for, hlo_flops
 from parallel.sharding import logical_to_spec, make_mesh
 from parallel.topologies import Topology
-from model.transformer import abstract_model
 from training.train_step import make_optimizer, opt_state_shardings, train_step
 
 

@@ -40,11 +40,12 @@ from data.sources import world_by_kind
 from data.vocab import Vocabulary
 from data.world_builder import build_world
 from model.costs import train_flops_per_token
+from model.transformer import init_model
 from parallel.hardware import matmul_peak_flops
-from parallel.sharding import make_mesh, state_shardings
-from model.transformer import Transformer, init_model
+from parallel.sharding import make_mesh
 from training.evaluate import Evaluator, world_tasks
 from training.train_step import init_opt_state, make_optimizer, modality_losses, train_step
+
 
 class NonFiniteLoss(RuntimeError):
     pass

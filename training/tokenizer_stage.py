@@ -17,6 +17,7 @@ from configs.base import Config
 from data import world
 from tokenization.text import TextTokenizer, train_text_tokenizer
 from training import fit_audio_tokenizer, fit_image_tokenizer
+
 HELD_OUT_SEED = 10_007  # evaluation renderings come from a seed the training stream never uses
 
 
