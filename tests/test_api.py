@@ -8,10 +8,15 @@ import http.client
 import http.server
 import io
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,6 +131,7 @@ def test_health_models_and_prometheus_metrics(live):
         assert name in text, name
 
 
+@pytest.mark.slow  # builds and serves a second engine
 def test_health_is_503_until_the_engine_is_warm(vocab):
     graphdef, state = served_model()
     server = make_server(SERVE_CFG, vocab, graphdef, state, make_mesh(SERVE_CFG.mesh))
@@ -419,6 +425,7 @@ def test_a_client_that_disconnects_cancels_its_request_and_frees_its_slot(live, 
     assert submitted[0].finished and submitted[0].cancel_reason == "cancelled"
 
 
+@pytest.mark.slow  # HTTP load
 def test_200_requests_at_concurrency_32_all_complete_and_none_is_lost(live):
     def one(i: int):
         body = {"prompt": f"a small {i}", "max_tokens": 1 + i % 8, "temperature": float(i % 2), "seed": i,
@@ -436,14 +443,9 @@ def test_200_requests_at_concurrency_32_all_complete_and_none_is_lost(live):
     live.wait_idle()
 
 
+@pytest.mark.slow  # starts serve.py
 def test_serve_py_with_random_weights_starts_answers_and_stops(tmp_path):
     """The command line as a user runs it: `python serve.py --config tiny --random-init` (made small)."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).parent.parent
     port = free_port()
     command = [sys.executable, str(root / "serve.py"), "--config", "tiny", "--random-init", "--workdir",

@@ -59,6 +59,9 @@ def test_step_widths_are_the_data_shards_times_powers_of_two_up_to_the_slots():
     assert widths(6, 2) == (2, 4, 6)
 
 
+# The warmed-up `engine` fixture compiles every prefill bucket and step width (~20 s on 2 cores), so the
+# tests that use it are slow; test_api.py's live server drives an engine through the fast tier.
+@pytest.mark.slow
 def test_a_step_decodes_only_the_slots_up_to_the_last_one_in_use_and_leaves_the_rest(engine):
     prefix = engine.prefill(prompt_of(6, seed=2), SamplingParams(max_tokens=10))
     engine.insert(prefix, 2)
@@ -88,12 +91,14 @@ def prefix_next_token(engine, prefix) -> int:
     return int(sampled.tokens[-1])
 
 
+@pytest.mark.slow  # the `engine` fixture
 @pytest.mark.parametrize("length", [1, 7, 16, 40])
 def test_greedy_through_the_engine_equals_greedy_with_the_plain_forward(model, engine, length):
     prompt = prompt_of(length, seed=length)
     assert run_alone(engine, prompt, 12, temperature=0.0) == reference_greedy(model, prompt, 12)
 
 
+@pytest.mark.slow  # the `engine` fixture
 def test_continuous_batching_gives_each_request_the_tokens_it_gets_alone(engine):
     """10 requests of mixed lengths and budgets through 4 slots, arriving in waves while others decode."""
     specs = [(3 + 5 * i, 4 + (7 * i) % 13) for i in range(10)]
@@ -111,6 +116,7 @@ def test_continuous_batching_gives_each_request_the_tokens_it_gets_alone(engine)
     assert all(s.finished.reason in ("stop", "length") for s in sinks)
 
 
+@pytest.mark.slow  # the `engine` fixture
 def test_a_seeded_sampled_request_draws_the_same_tokens_alone_or_beside_others(engine):
     params = dict(temperature=1.0, top_k=20, top_p=0.9, seed=1234)
     alone = run_alone(engine, prompt_of(9, seed=1), 10, **params)
@@ -123,6 +129,7 @@ def test_a_seeded_sampled_request_draws_the_same_tokens_alone_or_beside_others(e
         assert sink.wait().tokens == alone
 
 
+@pytest.mark.slow  # the `engine` fixture
 def test_a_request_arriving_while_others_decode_is_served_without_waiting_for_them(engine):
     with running(engine, max_queue=10) as scheduler:
         # Text ids only, so neither long request can end early on an <eos>.
@@ -140,6 +147,7 @@ def test_a_request_arriving_while_others_decode_is_served_without_waiting_for_th
             scheduler.cancel(req)
 
 
+@pytest.mark.slow  # the `engine` fixture
 def test_a_cancelled_request_frees_its_slot_at_once(engine):
     with running(engine, max_queue=10) as scheduler:
         req, sink = request(prompt_of(8, seed=3), 100)
@@ -156,6 +164,7 @@ def test_a_cancelled_request_frees_its_slot_at_once(engine):
         assert len(sink.tokens) < 100
 
 
+@pytest.mark.slow  # the `engine` fixture
 def test_a_request_stops_at_its_stop_id_and_counts_it(model, engine):
     prompt = prompt_of(10, seed=4)
     free_run = reference_greedy(model, prompt, 8)
@@ -164,6 +173,7 @@ def test_a_request_stops_at_its_stop_id_and_counts_it(model, engine):
     assert tokens == free_run[: free_run.index(stop) + 1]
 
 
+@pytest.mark.slow  # the `engine` fixture
 def test_more_requests_than_slots_all_complete_and_none_is_lost(engine):
     with running(engine, max_queue=100) as scheduler:
         sinks = []
@@ -218,7 +228,8 @@ def test_a_greedy_batch_takes_the_likeliest_allowed_ids_and_reports_nothing(batc
     np.testing.assert_array_equal(limited.tokens, 20 + np.argmax(logits[:, 20:30], -1))
 
 
-@pytest.mark.parametrize("vocab", [8192, 5000, 63])  # many blocks; a padded last block; a single block
+@pytest.mark.parametrize("vocab", [pytest.param(8192, marks=pytest.mark.slow), 5000,  # many blocks; a padded last block;
+                                   pytest.param(63, marks=pytest.mark.slow)])  # a single block (each compiles: 1-2 s)
 def test_likeliest_is_argmax_with_the_lowest_id_among_equals(vocab):
     logits = jax.random.normal(jax.random.key(vocab), (4, vocab))
     logits = logits.at[0, vocab - 1].set(9.0).at[0, vocab // 2].set(9.0)  # equals, in different blocks
@@ -298,6 +309,7 @@ def test_streamed_text_decodes_a_short_window_per_token_and_joins_to_the_whole_d
 # ---- tensor-parallel decoding ----------------------------------------------------------------
 
 
+@pytest.mark.slow  # an 8-device subprocess
 def test_tensor_parallel_decoding_on_8_simulated_devices_equals_one_device_with_float_and_int8_weights():
     facts = facts_on_simulated_devices("serving_sharded_check.py")
     assert facts["mesh"] == {"dcn_data": 1, "data": 2, "fsdp": 1, "tensor": 4}

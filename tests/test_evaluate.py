@@ -2,6 +2,7 @@
 and the scorers accept right answers only."""
 
 import numpy as np
+import pytest
 
 from data import world
 from data.segments import Image, Text
@@ -15,6 +16,7 @@ from tests.test_engine import reference_greedy
 from training.evaluate import Evaluator, Task, answer_segments, answers, is_right, world_tasks
 
 
+@pytest.mark.slow
 def test_offline_generation_is_the_argmax_of_the_full_forward_for_ragged_prompts():
     model = served_model()
     engine = make_engine(*model, slots=2)  # fewer slots than prompts: they queue, as on the server
@@ -24,6 +26,7 @@ def test_offline_generation_is_the_argmax_of_the_full_forward_for_ragged_prompts
         assert answer.tolist() == reference_greedy(model, prompt, 6)
 
 
+@pytest.mark.slow
 def test_the_evaluations_answers_are_the_engines_greedy_answers_with_each_evals_weights(vocab):
     """The Evaluator builds its engine once and decodes each later eval with the weights it is given."""
     prompts = [prompt_of(n, seed=n) for n in (4, 9, 13)]
@@ -83,6 +86,7 @@ def test_the_picture_detector_reads_every_rendered_world_picture():
     assert world.detect_picture(np.full((32, 32, 3), 200, np.uint8)) == (None, None)
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded_and_top_k_keeps_only_the_k_likeliest_tokens():
     model = served_model()
     engine = make_engine(*model)

@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # two JAX subprocesses
+
 # Each run of `step` needs a 134 MB temporary (the product x @ w, which XLA frees at the run's end);
 # the child reports the minor page faults of three warm runs, in MB of 4 KiB pages.
 CHILD = """

@@ -1,17 +1,15 @@
-"""The image tokenizer: code shapes and ranges, the scale preset, input preparation, and that training learns."""
+"""The image tokenizer: code shapes and ranges, the scale preset, and that training learns.
+(Preparing input images is data/media.py's, tested in test_media.py.)"""
 
 import dataclasses
-import io
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from PIL import Image
 
 from configs.tokenizers import ImageTokenizerConfig
-from data.media import prepare_image
 from tokenization.image import ImageTokenizer
 from training.fit_image_tokenizer import evaluate, train_image_tokenizer
 
@@ -33,6 +31,7 @@ def tiny():
     return cfg, ImageTokenizer(cfg, nnx.Rngs(0))
 
 
+@pytest.mark.slow  # building the tiny tokenizer and its first encode: ~15 s
 def test_tiny_tokenizer_maps_32x32_images_to_8x8_codes_and_back(tiny):
     cfg, model = tiny
     images = rectangles(np.random.default_rng(0), 2)
@@ -72,50 +71,7 @@ def test_config_names_the_field_it_refuses():
         ImageTokenizerConfig(channels=(16, 32))
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def test_prepare_image_turns_any_image_into_rgb_uint8_of_the_configured_size():
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(prepare_image(rgb, 32), rgb)  # already right: untouched
-
-    grey = prepare_image(rng.integers(0, 256, (32, 32), dtype=np.uint8), 32)
-    assert grey.shape == (32, 32, 3) and (grey[..., 0] == grey[..., 2]).all()
-
-    rgba = np.zeros((32, 32, 4), np.uint8)
-    rgba[..., 0], rgba[:16, :, 3] = 255, 255  # top half opaque red, bottom half transparent
-    out = prepare_image(rgba, 32)
-    assert out[0, 0].tolist() == [255, 0, 0] and out[-1, 0].tolist() == [255, 255, 255]  # over white
-
-    palette = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
-    assert prepare_image(palette, 32).shape == (32, 32, 3)
-
-    big = prepare_image(rng.integers(0, 256, (100, 60, 3), dtype=np.uint8), 32)
-    assert big.shape == (32, 32, 3) and big.dtype == np.uint8
-
-    np.testing.assert_array_equal(prepare_image(_png(Image.fromarray(rgb)), 32), rgb)  # PNG is lossless
-    grey16 = prepare_image(_png(Image.fromarray(np.full((32, 32), 65535, np.uint16))), 32)
-    assert (grey16 == 255).all()  # 16-bit grey is scaled, not clipped
-    jpeg = io.BytesIO()
-    Image.fromarray(rgb).resize((64, 64)).save(jpeg, format="JPEG")
-    assert prepare_image(jpeg.getvalue(), 32).shape == (32, 32, 3)
-
-
-def test_prepare_image_rejects_garbage_bytes_with_a_clear_error():
-    with pytest.raises(ValueError, match="could not decode image bytes .*not in any image format"):
-        prepare_image(b"definitely not an image", 32)
-    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    png = _png(Image.fromarray(noise))
-    with pytest.raises(ValueError, match="could not decode image bytes .*truncated"):
-        prepare_image(png[: len(png) // 2], 32)
-    with pytest.raises(ValueError, match="shape"):
-        prepare_image(np.zeros((4, 4, 2), np.uint8), 32)
-
-
+@pytest.mark.slow  # trains
 def test_a_few_seconds_of_training_gain_at_least_6_db_over_initialisation():
     cfg = dataclasses.replace(ImageTokenizerConfig.tiny(), steps=150)
     train, held_out = rectangles(np.random.default_rng(1), 2000), rectangles(np.random.default_rng(2), 200)

@@ -23,6 +23,7 @@ def dequantized_state(state):
                         is_leaf=lambda x: isinstance(x, weights.Int8Matrix))
 
 
+@pytest.mark.slow
 def test_a_matrix_rounds_to_within_half_a_step_of_its_output_channels_scale():
     w = jax.random.normal(jax.random.key(0), (64, 4, 8)) * jnp.arange(1, 33).reshape(1, 4, 8)  # channels differ in range
     q = weights.quantize_matrix(w, (0,))
@@ -56,6 +57,7 @@ def test_a_matrix_that_declares_no_contracted_axes_is_an_error_not_a_guess():
         weights.quantize(nnx.state(Mystery()))
 
 
+@pytest.mark.slow
 def test_each_matrix_is_scaled_per_output_channel_of_the_axes_it_declares():
     """The contracted axes come from where each parameter is made: a scale of size 1 on exactly those."""
     graphdef, state = to_per_layer(*served_model())
@@ -68,6 +70,7 @@ def test_each_matrix_is_scaled_per_output_channel_of_the_axes_it_declares():
     assert model.embedding.table_vd.get_value().scale.shape == (WORLD_MODEL.vocab_size, 1)  # a scale per row
 
 
+@pytest.mark.slow
 def test_the_model_reading_int8_matrices_computes_what_it_computes_with_them_dequantized():
     """The scale applied to the products' outputs equals the scale applied to the weights."""
     graphdef, state = to_per_layer(*served_model())
@@ -82,6 +85,7 @@ def test_the_model_reading_int8_matrices_computes_what_it_computes_with_them_deq
     assert 0 < float(jnp.max(jnp.abs(logits_int8 - logits_float))) < 0.5  # rounded, and only by rounding
 
 
+@pytest.mark.slow
 def test_an_int8_engine_holds_int8_matrices_and_greedy_decodes_as_the_forward_with_them_dequantized():
     graphdef, state = served_model()
     engine = make_engine(graphdef, state, int8_weights=True)

@@ -5,10 +5,19 @@ import json
 import os
 import signal
 
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from checkpoints import restore_params
 from configs import get_config
 from data.world_builder import build_world
+from parallel.sharding import make_mesh
 from tests.helpers import WORLD_MODEL
 from training.lm_stage import train_lm
+
+pytestmark = pytest.mark.slow  # trains
 
 STEPS = 6
 
@@ -71,14 +80,6 @@ def test_sigterm_saves_and_a_rerun_resumes_to_the_uninterrupted_result(tmp_path,
 
 
 def test_serving_restores_the_trained_parameters_and_refuses_a_different_model(tmp_path, vocab):
-    import jax
-    import numpy as np
-    import orbax.checkpoint as ocp
-    import pytest
-
-    from parallel.sharding import make_mesh
-    from checkpoints import restore_params
-
     cfg = dataclasses.replace(small_config(), train=dataclasses.replace(small_config().train, steps=2, eval_every=100))
     splits = build_world(str(tmp_path / "world"), seed=2, train=20, validation=6, compositional=3).as_data_source()
     train_lm(cfg, tmp_path / "run", vocab, splits, log=lambda message: None)

@@ -9,9 +9,11 @@ import pytest
 from flax import nnx
 
 from model.attention import KVCache, grouped_attention
+from model.layers import Embedding
 from model.loss import cross_entropy
 from model.transformer import Transformer, to_per_layer, to_stacked
 from parallel.sharding import LOGICAL_RULES
+from tokenization.fsq import FSQ
 from tests.helpers import build, jit_forward, small_model_config
 
 VARIANTS = {
@@ -25,6 +27,7 @@ def random_tokens(key, shape, cfg):
     return jax.random.randint(jax.random.key(key), shape, 0, cfg.vocab_size)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_prefill_then_decode_matches_full_forward_for_ragged_prompts(variant):
     cfg = small_model_config(**VARIANTS[variant])
@@ -72,6 +75,7 @@ def test_changing_a_future_token_never_changes_earlier_logits():
         assert not np.allclose(logits[:, t], base[:, t]), "the changed token itself must change its logits"
 
 
+@pytest.mark.slow
 def test_packed_sequences_give_the_same_logits_as_each_run_alone():
     cfg = small_model_config(num_kv_heads=2, qk_norm=True)
     graphdef, state = build(cfg)
@@ -86,6 +90,7 @@ def test_packed_sequences_give_the_same_logits_as_each_run_alone():
     np.testing.assert_allclose(logits[:, 7:16], alone_b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_remat_policies_change_memory_not_gradients():
     tokens = random_tokens(5, (2, 12), small_model_config())
 
@@ -106,6 +111,7 @@ def test_remat_policies_change_memory_not_gradients():
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), grads(policy), reference)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])
 def test_grouped_attention_matches_jax_nn_attention_values_and_gradients(kv_heads):
     q = jax.random.normal(jax.random.key(0), (2, 7, 4, 8))
@@ -128,6 +134,7 @@ def test_grouped_attention_matches_jax_nn_attention_values_and_gradients(kv_head
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), grad(ours), grad(reference))
 
 
+@pytest.mark.slow
 def test_a_query_that_may_see_no_key_gets_finite_output_and_gradients():
     q = jax.random.normal(jax.random.key(0), (1, 2, 2, 8))  # 2 queries, 2 heads
     k, v = jax.random.normal(jax.random.key(1), (2, 1, 3, 1, 8))  # 3 keys, 1 kv head
@@ -139,6 +146,7 @@ def test_a_query_that_may_see_no_key_gets_finite_output_and_gradients():
     np.testing.assert_allclose(out[0, 0], jnp.repeat(v[0, 0], 2, axis=0), rtol=1e-6)  # its one key's value, per head
 
 
+@pytest.mark.slow
 def test_an_unrolled_scan_and_the_per_layer_layout_give_the_same_logits():
     tokens = random_tokens(6, (2, 12), small_model_config())
     results = []
@@ -154,6 +162,7 @@ def test_an_unrolled_scan_and_the_per_layer_layout_give_the_same_logits():
         np.testing.assert_allclose(results[0], other, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_layout_is_named_and_the_two_conversions_are_inverses():
     cfg = small_model_config(tie_embeddings=False)
     graphdef, state = build(cfg)
@@ -181,6 +190,7 @@ def test_a_cache_is_per_layer_and_the_stacked_layout_refuses_one():
         jit_forward(graphdef, state, tokens, None, None, KVCache.init(cfg, 2, 16))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_tracks_float32_logits():
     cfg32 = small_model_config()
     cfg16 = dataclasses.replace(cfg32, compute_dtype="bfloat16")
@@ -200,6 +210,7 @@ def test_tied_model_has_no_output_matrix_and_untied_has_one():
     assert "unembed_dv" not in tied and untied["unembed_dv"].get_value().shape == (64, 256)
 
 
+@pytest.mark.slow
 def test_z_loss_adds_weighted_mean_squared_log_normaliser():
     logits = jax.random.normal(jax.random.key(0), (2, 5, 11)) * 3
     targets = jax.random.randint(jax.random.key(1), (2, 5), 0, 11)
@@ -226,9 +237,6 @@ def test_every_parameter_carries_logical_names_the_rules_table_knows():
 
 
 def test_a_code_row_is_its_own_row_plus_one_row_per_fsq_digit():
-    from model.layers import Embedding
-    from tokenization.fsq import FSQ
-
     levels = (8, 5, 5, 5)
     embedding = Embedding(3072, 16, jnp.float32, nnx.Rngs(0), ((1024, levels), (2024, levels)))
     table, own, digit_rows = (np.asarray(a) for a in (embedding.table().array(), embedding.table_vd[...],

@@ -23,6 +23,8 @@ import pytest
 
 from tests.multihost_check import PROCESSES, STEPS, world_splits
 
+pytestmark = pytest.mark.slow  # processes that start JAX and train
+
 TESTS = Path(__file__).parent
 
 

@@ -57,6 +57,7 @@ def check_report(report: dict, preset: str, chips: int) -> None:
     assert 0.95 <= flops["xla"] / flops["analytic"] <= 1.6, flops
 
 
+@pytest.mark.slow  # compiles for TPU in a subprocess
 def test_tiny_train_step_compiles_for_a_v5e_4_slice_and_reports_per_chip_memory():
     run, report = compile_only("train.py", "--config", "tiny", "--topology", "v5e-4")
     assert run.returncode == 0, run.stderr[-2000:]
@@ -65,6 +66,7 @@ def test_tiny_train_step_compiles_for_a_v5e_4_slice_and_reports_per_chip_memory(
     assert report["pallas_kernels"] == 0  # the tiny preset's attention is XLA's
 
 
+@pytest.mark.slow  # compiles for TPU in a subprocess
 def test_depth_reduced_nano1_trains_on_v5e_16_with_its_plan():
     run, report = compile_only("train.py", "--config", "nano1", "--topology", "v5e-16", "--model.num-layers", "2")
     assert run.returncode == 0, run.stderr[-2000:]
@@ -78,6 +80,7 @@ def test_depth_reduced_nano1_trains_on_v5e_16_with_its_plan():
     assert report["pallas_kernels"] >= 3
 
 
+@pytest.mark.slow  # compiles for TPU in a subprocess
 @pytest.mark.parametrize("int8", [False, True])
 def test_tiny_decode_step_compiles_for_one_v5e_chip(int8):
     run, report = compile_only("serve.py", "--config", "tiny", "--topology", "v5e-1",
@@ -90,6 +93,7 @@ def test_tiny_decode_step_compiles_for_one_v5e_chip(int8):
     assert report["per_chip_gib"]["arguments"] * 2**30 == pytest.approx(12.9e6 if int8 else 26.8e6, rel=0.05)
 
 
+@pytest.mark.slow  # compiles for TPU in a subprocess
 def test_a_config_too_big_for_its_slice_is_reported_not_fitting_naming_preset_and_memory():
     # 16 rows of 2048 tokens a chip at once: the float32 logits alone are 44 GB.
     run, report = compile_only("train.py", "--config", "nano1", "--topology", "v5e-16", "--model.num-layers", "2",
@@ -99,6 +103,7 @@ def test_a_config_too_big_for_its_slice_is_reported_not_fitting_naming_preset_an
     assert "GiB" in run.stderr and "exceeds available HBM" in run.stderr
 
 
+@pytest.mark.slow  # starts train.py
 def test_compile_only_without_a_topology_says_what_is_missing():
     run, _ = compile_only("train.py", "--config", "tiny")
     assert run.returncode == 2 and "--compile-only needs --topology" in run.stderr

@@ -10,6 +10,8 @@ import pytest
 
 from tests.helpers import facts_on_simulated_devices
 
+pytestmark = pytest.mark.slow  # every test reads the facts of one 8-device subprocess
+
 
 @pytest.fixture(scope="module")
 def facts():

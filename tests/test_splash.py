@@ -50,6 +50,7 @@ def real_loss(attention):
     return loss
 
 
+@pytest.mark.slow  # Pallas interpret mode
 @pytest.mark.parametrize("heads, kv_heads", [(4, 1), (4, 2), (4, 4)])
 def test_splash_in_interpret_mode_matches_xla_attention_at_every_real_position(heads, kv_heads):
     q, k, v, segments = packed_inputs(batch=3, length=256, heads=heads, kv_heads=kv_heads, head_dim=64)
@@ -59,6 +60,7 @@ def test_splash_in_interpret_mode_matches_xla_attention_at_every_real_position(h
     np.testing.assert_allclose(np.asarray(out)[real], np.asarray(want)[real], atol=2e-5)
 
 
+@pytest.mark.slow  # Pallas interpret mode
 def test_splash_gradients_in_interpret_mode_match_xla_attention():
     q, k, v, segments = packed_inputs(batch=2, length=256, heads=4, kv_heads=1, head_dim=64, seed=1)
     kernel = lambda *a: splash_attention(*a, interpret=True)  # noqa: E731
@@ -68,6 +70,7 @@ def test_splash_gradients_in_interpret_mode_match_xla_attention():
         np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+@pytest.mark.slow  # an 8-device subprocess
 def test_splash_on_a_mesh_of_8_simulated_devices_matches_xla_attention_shard_by_shard():
     facts = facts_on_simulated_devices("splash_sharded_check.py")
     assert facts["mesh"] == {"dcn_data": 1, "data": 2, "fsdp": 1, "tensor": 4}
@@ -82,6 +85,7 @@ def test_blocks_are_the_largest_of_512_256_128_dividing_the_length_and_other_len
         block_sizes(1000)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("length", [128, 96])  # the kernel traced (and not lowered), and a length it cannot take
 def test_the_splash_backend_off_tpu_is_xla_attention(length):
     """Off TPU `jax.lax.platform_dependent` lowers XLA's attention: a CPU run of a splash config is

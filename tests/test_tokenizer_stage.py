@@ -16,6 +16,8 @@ from data.segments import Audio, Image, Text
 from checkpoints import load_vocabulary, tokenizers_exist
 from training.tokenizer_stage import train_tokenizers
 
+pytestmark = pytest.mark.slow  # trains all three tokenizers
+
 SHORT_IMAGE_PSNR_DB = 20.0  # the full stage: 28 (this run measured 25.6)
 SHORT_AUDIO_SYMBOL_ACCURACY = 0.8  # the full stage: 0.95 (this run measured 0.98)
 

@@ -4,6 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # starts train.py
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

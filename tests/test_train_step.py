@@ -5,11 +5,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from configs.base import TrainConfig
 from tests.helpers import build, small_model_config
 from training.train_step import make_optimizer, modality_losses, train_step
+
+pytestmark = pytest.mark.slow  # each test compiles and runs train steps: 10-20 s
 
 CFG = small_model_config()
 TRAIN = TrainConfig(steps=50, learning_rate=3e-3, warmup_steps=5, z_loss_weight=1e-4)

@@ -1,5 +1,6 @@
 """The unified vocabulary: segments round-trip exactly; masks and modalities are per position."""
 
+import dataclasses
 import io
 
 import numpy as np
@@ -67,7 +68,6 @@ def test_a_user_model_without_our_control_symbols_is_refused():
 
 
 def test_a_text_vocabulary_larger_than_the_config_range_is_refused():
-    import dataclasses
     small = dataclasses.replace(get_config("tiny").model, text_vocab_size=100)
     with pytest.raises(ValueError, match="model.text_vocab_size"):
         Vocabulary(train_text_tokenizer(CORPUS * 5, vocab_size=300), small)

@@ -9,6 +9,7 @@ import pytest
 
 from data import world
 from data.segments import MODALITY_NAMES, Text, payload
+from data.world_builder import build_world, decode_segments
 
 
 def pairs(segments):
@@ -104,8 +105,6 @@ def test_examples_have_the_promised_segment_layout():
 
 
 def test_tfds_builder_builds_and_reads_back_without_tensorflow(tmp_path):
-    from data.world_builder import build_world, decode_segments
-
     sizes = dict(train=6, validation=3, compositional=2)
     builder = build_world(str(tmp_path), seed=3, **sizes)
     sources = builder.as_data_source()
