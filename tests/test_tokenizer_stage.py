@@ -16,8 +16,6 @@ from data.segments import Audio, Image, Text
 from checkpoints import load_vocabulary, tokenizers_exist
 from training.tokenizer_stage import train_tokenizers
 
-pytestmark = pytest.mark.slow  # trains all three tokenizers
-
 SHORT_IMAGE_PSNR_DB = 20.0  # the full stage: 28 (this run measured 25.6)
 SHORT_AUDIO_SYMBOL_ACCURACY = 0.8  # the full stage: 0.95 (this run measured 0.98)
 
@@ -36,6 +34,7 @@ def trained(tmp_path_factory):
     return cfg, workdir, metrics
 
 
+@pytest.mark.slow  # the `trained` fixture trains all three tokenizers (~60 s)
 def test_short_stage_learns_past_named_bars_and_saves_its_metrics(trained):
     cfg, workdir, metrics = trained
     assert metrics["image"]["psnr_db"] >= SHORT_IMAGE_PSNR_DB, metrics["image"]
@@ -45,6 +44,7 @@ def test_short_stage_learns_past_named_bars_and_saves_its_metrics(trained):
     assert json.loads((workdir / "tokenizers" / "metrics.json").read_text())["image"]["psnr_db"] == metrics["image"]["psnr_db"]
 
 
+@pytest.mark.slow  # the `trained` fixture trains all three tokenizers (~60 s)
 def test_saved_tokenizers_load_as_one_vocabulary_that_round_trips_a_world_document(trained):
     cfg, workdir, _ = trained
     vocab = load_vocabulary(cfg, workdir)
