@@ -36,14 +36,16 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.decode import bench_model, engine_runs
+from configs.bench import bench_config
+from serving.engine import Engine
+
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN_CHUNK = b'"finish_reason": null'  # in every chunk that carries a token, and in no other
 
 
 def bench_server_flags(slots: int, cache_len: int) -> list[str]:
     """serve.py flags for the bench shape of configs/bench.py."""
-    from configs.bench import bench_config
-
     cfg = bench_config()
     return ["--config", "tiny", "--random-init", f"--model.text-vocab-size={cfg.text_vocab_size}",
             f"--model.d-model={cfg.d_model}", f"--model.num-layers={cfg.num_layers}",
@@ -54,9 +56,6 @@ def bench_server_flags(slots: int, cache_len: int) -> list[str]:
 
 def engine_alone(batch: int, prompt: int, new: int):
     """The engine at batch `batch`, compiled; calling the result times it (a dict of tokens/s)."""
-    from bench.decode import bench_model, engine_runs
-    from serving.engine import Engine
-
     cfg, graphdef, state, mesh = bench_model()
     engine = Engine(cfg, graphdef, state, mesh, slots=batch, cache_len=prompt + new, eos_id=-1,
                     real_vocab=cfg.vocab_size)
@@ -164,8 +163,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="HTTP runs, each between two engine-alone runs")
     parser.add_argument("--url", default=None, help="load a running server instead of starting one")
     args = parser.parse_args()
-    from configs.bench import bench_config
-
     vocab = bench_config().vocab_size
     shape = (args.concurrency, args.prompt, args.new, vocab)
     if args.url:

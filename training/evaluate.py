@@ -126,7 +126,7 @@ class Evaluator:
     def __call__(self, graphdef: nnx.GraphDef, params: nnx.State) -> dict[str, float]:
         """{"eval/<task>_accuracy": share of right answers} for every task."""
         if jax.process_count() > 1:
-            params = jax.device_put(multihost_utils.process_allgather(params), self.mesh.devices.flat[0])
+            params = jax.device_put(multihost_utils.process_allgather(params, tiled=True), self.mesh.devices.flat[0])
         if self.engine is None:
             self.engine = Engine(self.cfg, graphdef, params, self.mesh, self.slots, self.cache_len,
                                  eos_id=self.vocab.ids[EOS], real_vocab=self.vocab.audio_offset + self.vocab.audio_codes,
