@@ -119,7 +119,8 @@ class Engine:
     def __init__(self, cfg: ModelConfig, graphdef: nnx.GraphDef, state: nnx.State, mesh: jax.sharding.Mesh,
                  slots: int, cache_len: int, eos_id: int, real_vocab: int, int8_weights: bool = False):
         self.cfg, self.mesh, self.int8_weights = cfg, mesh, int8_weights
-        self.graphdef, state = prepare_for_decoding(cfg, graphdef, state, int8_weights)
+        with jax.set_mesh(mesh):  # the engine's mesh, whatever mesh the caller works under
+            self.graphdef, state = prepare_for_decoding(cfg, graphdef, state, int8_weights)
         # The weights travel as a flat list of arrays: jit flattens that in C++, where an nnx.State
         # costs Python calls per leaf on every step.
         self.weights, self._weights_def = jax.tree.flatten(state)
@@ -140,7 +141,10 @@ class Engine:
         state_shardings = state_shardings.replace(
             cache=state_shardings.cache.replace(k=(keys_sharding,) * layers, v=(values_sharding,) * layers))
         self._empty_state = jax.jit(self._empty_state_fn, out_shardings=state_shardings)
-        self.decode_state = jax.eval_shape(self._empty_state) if abstract else self._empty_state()
+        if abstract:
+            self.decode_state = jax.eval_shape(self._empty_state)
+        else:
+            self.reset()
 
     # ---- the jitted programs ------------------------------------------------------------------
     def _prefill_fn(self, weights, tokens_1t, length, rows: SamplingRows, remaining, stop_ids_s):
@@ -203,7 +207,8 @@ class Engine:
     # ---- host side ----------------------------------------------------------------------------
     def load_weights(self, graphdef: nnx.GraphDef, state: nnx.State) -> None:
         """Decode with new weights of the same model (the evaluation's, after more training): nothing recompiles."""
-        _, state = prepare_for_decoding(self.cfg, graphdef, state, self.int8_weights)
+        with jax.set_mesh(self.mesh):
+            _, state = prepare_for_decoding(self.cfg, graphdef, state, self.int8_weights)
         weights, weights_def = jax.tree.flatten(state)
         if weights_def != self._weights_def:
             raise ValueError("load_weights takes weights of the model the engine was built for")
@@ -221,6 +226,11 @@ class Engine:
                            remaining=jnp.zeros((b,), jnp.int32),
                            stop_ids=jnp.full((b, MAX_STOP_IDS), -1, jnp.int32), active=jnp.zeros((b,), bool),
                            rows=SamplingRows.zeros(b))
+
+    def reset(self) -> None:
+        """Every slot empty, the cache cleared."""
+        with jax.set_mesh(self.mesh):
+            self.decode_state = self._empty_state()
 
     def bucket_for(self, length: int) -> int:
         for size in self.buckets:
@@ -276,5 +286,5 @@ class Engine:
             self.insert(prefix, 0)
         for width in self.widths:  # slot `width - 1` live (and idle): the step of that width
             jax.block_until_ready(self.step(np.arange(self.slots) == width - 1))
-        self.decode_state = self._empty_state()
+        self.reset()
 

@@ -120,7 +120,7 @@ class Scheduler:
                     self._finish(request, Finished("error", error))
                 self.slots = [None] * self.engine.slots
                 self.in_flight = None
-                self.engine.decode_state = self.engine._empty_state()
+                self.engine.reset()
 
     def _turn(self) -> None:
         with self.wake:

@@ -78,13 +78,13 @@ def test_a_step_decodes_only_the_slots_up_to_the_last_one_in_use_and_leaves_the_
         assert len(active) == 4 and list(active) == [True, False, True, False]
         assert sampled.tokens[2] == prefix_next_token(engine, prefix)  # slot 2 resumes where it was left
     finally:
-        engine.decode_state = engine._empty_state()
+        engine.reset()
 
 
 def prefix_next_token(engine, prefix) -> int:
     """The token a prefix's slot decodes at its first step, from a fresh state at full width."""
     saved = engine.decode_state
-    engine.decode_state = engine._empty_state()
+    engine.reset()
     engine.insert(prefix, engine.slots - 1)
     sampled, _, _ = jax.device_get(engine.step(np.arange(engine.slots) == engine.slots - 1))
     engine.decode_state = saved
