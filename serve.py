@@ -1,8 +1,9 @@
 """Serve the model over HTTP: `python serve.py --workdir runs/tiny`, or `python serve.py --config tiny --random-init`.
 
     load      the latest checkpoint's parameters and the trained tokenizers of --workdir
-              (training/lm_stage.py, training/tokenizer_stage.py); --random-init: neither
-    engine    B decode slots sharing one KV cache, jitted prefill / insert / step     (serving/engine.py)
+              (checkpoints.py); --random-init: neither
+    engine    the weights prepared for decoding (per layer, compute dtype or int8), B decode
+              slots sharing one KV cache, jitted prefill / insert / step           (serving/engine.py)
     schedule  a thread that keeps the slots full as requests come and go            (serving/scheduler.py)
     HTTP      OpenAI-compatible completions and chat, /v1/models, /health, /metrics  (serving/api.py)
 
@@ -73,7 +74,7 @@ def main() -> None:
         sys.exit(f"serve.py: {error}")
     server = make_server(cfg, vocab, graphdef, params, mesh, api_key=flags.api_key,
                          allowed_image_hosts=flags.allow_image_host)
-    del params  # the engine keeps its own copy, one array per layer: the stacked one would double the memory
+    del params  # the engine keeps its own copy, prepared for decoding: this one would double the memory
     uvicorn.run(make_app(server), host=cfg.serve.host, port=cfg.serve.port, log_level="info")
 
 
