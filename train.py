@@ -4,7 +4,8 @@ Stages, in order (`--stage all` runs the tokenizers when they are missing, then 
   tokenizers  SentencePiece, image and audio tokenizers on the procedural world   (training/tokenizer_stage.py)
   lm          the decoder on packed, templated world data: sharded jitted steps,  (training/lm_stage.py)
               orbax checkpoints, metrics.jsonl + TensorBoard, a progress bar and
-              held-out evals (training/evaluate.py); re-running resumes
+              held-out evals through the serving engine (training/evaluate.py);
+              re-running resumes
 Then a summary of the run: its last losses and eval accuracies, and the wall-clock time.
 
 `--compile-only --topology v5p-1024` compiles the real train step for a TPU slice on this machine
