@@ -77,7 +77,7 @@ def main() -> None:
     gaps = teacher_forced(prepared["float"][0], weights, [prompt for task in tasks for prompt in task.prompts])
     print(json.dumps({"step": step, "examples_per_task": args.examples,
                       "int8_bytes_over_float": bytes_of["int8"] / bytes_of["float"],
-                      "accuracy_change": {key: accuracy["int8"][key] - accuracy["float32"][key] for key in accuracy["int8"]},
+                      "accuracy_change": {key: accuracy["int8"][key] - accuracy["float"][key] for key in accuracy["int8"]},
                       **gaps}))
 
 
