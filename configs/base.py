@@ -237,7 +237,7 @@ class ServeConfig:
     max_body_bytes: int = 8 * 2**20
     """the largest request body, or fetched image, in bytes"""
     int8_weights: bool = False
-    """weight-only int8 (model/int8.py): half of bfloat16's bytes to hold and to read each step"""
+    """weight-only int8 (model/weights.py): half of bfloat16's bytes to hold and to read each step"""
     host: str = "127.0.0.1"
     """address the HTTP server binds"""
     port: int = 8000

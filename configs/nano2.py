@@ -22,7 +22,7 @@ TRAIN_PLANS = {
     "v5e-16": PodPlan(mesh=MeshConfig(data=1, fsdp=8, tensor=2), model=dict(remat_policy="full"),
                       train=dict(grad_accum_steps=32)),
 }
-# Decoding on one chip: int8 weights (model/int8.py; half of bfloat16's bytes to hold and to read
+# Decoding on one chip: int8 weights (model/weights.py; half of bfloat16's bytes to hold and to read
 # each step), 16 slots of 8k tokens.
 SERVE_PLANS = {
     "v5e-1": PodPlan(mesh=MeshConfig(data=1, fsdp=1, tensor=1),
