@@ -51,6 +51,7 @@ class Vocabulary:
         self.audio_offset = cfg.text_vocab_size + cfg.image_vocab_size
         self.image_codes, self.audio_codes = cfg.image_vocab_size, cfg.audio_vocab_size
         self.size = cfg.vocab_size
+        self.real_size = self.audio_offset + self.audio_codes  # ids past it pad the table, and are never tokens
         self.ids = text.ids
         # What `decode` looks up for every id (a server decodes a window at every token it streams).
         self._dropped = {self.ids[BOS], self.ids[EOS], self.ids["<pad>"]}

@@ -67,7 +67,7 @@ class Server:
 
 def make_server(cfg: Config, vocab: Vocabulary, graphdef, state, mesh, **kwargs) -> Server:
     engine = Engine(cfg.model, graphdef, state, mesh, cfg.serve.slots, cfg.serve.max_cache_len,
-                    eos_id=vocab.ids[EOS], real_vocab=vocab.audio_offset + vocab.audio_codes,
+                    eos_id=vocab.ids[EOS], real_vocab=vocab.real_size,
                     int8_weights=cfg.serve.int8_weights)
     return Server(cfg, vocab, engine, model_name=kwargs.pop("model_name", cfg.name), **kwargs)
 

@@ -21,7 +21,7 @@ from flax import nnx
 
 from configs.tokenizers import AudioTokenizerConfig
 from data.media import prepare_audio
-from model.layers import param
+from model.weights import param
 from parallel.sharding import constrain
 from tokenization.fsq import FSQ
 

@@ -19,7 +19,8 @@ from flax import nnx
 
 from configs.tokenizers import ImageTokenizerConfig
 from data.media import prepare_image
-from model.layers import RMSNorm, param
+from model.layers import RMSNorm
+from model.weights import param
 from parallel.sharding import constrain
 from tokenization.fsq import FSQ
 

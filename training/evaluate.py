@@ -129,7 +129,7 @@ class Evaluator:
             params = jax.device_put(multihost_utils.process_allgather(params, tiled=True), self.mesh.devices.flat[0])
         if self.engine is None:
             self.engine = Engine(self.cfg, graphdef, params, self.mesh, self.slots, self.cache_len,
-                                 eos_id=self.vocab.ids[EOS], real_vocab=self.vocab.audio_offset + self.vocab.audio_codes,
+                                 eos_id=self.vocab.ids[EOS], real_vocab=self.vocab.real_size,
                                  int8_weights=self.int8_weights)
         else:
             self.engine.load_weights(graphdef, params)
