@@ -1,11 +1,15 @@
 """Train the model: `python train.py --config tiny [--workdir runs/tiny] [--stage all] [--train.steps 300 ...]`.
 
+The data: the mixture `--data.sources` names (default `world:1`, the procedural world; a manifest
+of your own files, a tfds dataset: configs/sources.py), made ready first: the world generated,
+manifests prepared (data/mixture.py). A source that cannot be read stops the run here, naming it.
+
 Stages, in order (`--stage all` runs the tokenizers when they are missing, then the LM):
-  tokenizers  SentencePiece, image and audio tokenizers on the procedural world   (training/tokenizer_stage.py)
-  lm          the decoder on packed, templated world data: sharded jitted steps,  (training/lm_stage.py)
-              orbax checkpoints, metrics.jsonl + TensorBoard, a progress bar and
-              held-out evals through the serving engine (training/evaluate.py);
-              re-running resumes
+  tokenizers  SentencePiece, image and audio tokenizers on the mixture            (training/tokenizer_stage.py)
+  lm          the decoder on packed, templated examples of the mixture: sharded   (training/lm_stage.py)
+              jitted steps, orbax checkpoints, metrics.jsonl + TensorBoard, a
+              progress bar and held-out evals (per-source losses; tasks answered
+              through the serving engine: training/evaluate.py); re-running resumes
 Then a summary of the run: its last losses and eval accuracies, and the wall-clock time.
 
 `--compile-only --topology v5p-1024` compiles the real train step for a TPU slice on this machine
@@ -33,6 +37,7 @@ import tyro
 
 from checkpoints import load_vocabulary, tokenizers_exist
 from configs.cli import parse
+from data.mixture import ready_sources
 from parallel.aot import compile_on_cpu, compile_only
 from parallel.host_memory import reuse_freed_memory
 from parallel.sharding import make_mesh
@@ -89,6 +94,10 @@ def main() -> None:
     try:  # a mesh that does not fit the devices stops here, naming the field, before any work or compile
         make_mesh(cfg.mesh)
     except ValueError as error:
+        sys.exit(f"train.py: {error}")
+    try:  # a source that cannot be read stops here, naming it, before any tokenizer or model trains
+        ready_sources(cfg, workdir)
+    except (ValueError, FileNotFoundError) as error:
         sys.exit(f"train.py: {error}")
     if jax.process_count() > 1 and (flags.stage == "tokenizers" or not tokenizers_exist(workdir)):
         # Every process would train them at once into the same directory.

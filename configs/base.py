@@ -10,6 +10,7 @@ import dataclasses
 import math
 from typing import Literal, get_args
 
+from configs.sources import SourceSpec, parse_source
 from configs.tokenizers import TokenizersConfig
 
 AttentionBackend = Literal["xla", "cudnn", "splash"]  # splash: the Pallas kernel on TPU, xla elsewhere
@@ -150,8 +151,10 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """What the LM trains on: packed rows of the procedural world's examples."""
+    """What the LM trains on: packed rows of examples drawn from a weighted mixture of sources."""
 
+    sources: tuple[str, ...] = ("world:1",)
+    """the mixture, as KIND:WHERE:WEIGHT: world:1, manifest:/data/x.jsonl:2, tfds:NAME?kind=caption&image=image&text=caption:1 (configs/sources.py)"""
     seq_len: int = 512
     """tokens per training row"""
     global_batch_size: int = 8
@@ -173,12 +176,23 @@ class DataConfig:
 
     def __post_init__(self):
         _check_positive("data", self, ("seq_len", "global_batch_size", "packing_bins"))
+        if not self.sources:
+            _fail("data.sources", "name at least one source, e.g. world:1")
+        try:
+            names = [spec.name for spec in self.source_specs()]
+        except ValueError as error:
+            _fail("data.sources", str(error))
+        if len(set(names)) < len(names):
+            _fail("data.sources", f"two sources have one name ({names}): metrics are kept per source name")
         if len(self.world_mixture) != 3 or min(self.world_mixture) <= 0:
             _fail("data.world_mixture", f"needs 3 positive weights (caption, audio, document), got {self.world_mixture}")
         if not 0.0 <= self.captioning_share <= 1.0:
             _fail("data.captioning_share", f"must lie in [0, 1], got {self.captioning_share}")
         if self.overlong not in ("truncate", "drop"):
             _fail("data.overlong", f"must be 'truncate' or 'drop', got {self.overlong!r}")
+
+    def source_specs(self) -> list[SourceSpec]:
+        return [parse_source(spec) for spec in self.sources]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,11 +223,13 @@ class TrainConfig:
     """steps between held-out evals; the last step is always evaluated"""
     eval_examples: int = 200
     """held-out examples per eval task"""
+    eval_loss_examples: int = 64
+    """held-out records per source (per kind, for the world) whose teacher-forced loss each eval measures"""
 
     def __post_init__(self):
         _check_positive("train", self, ("steps", "learning_rate", "grad_clip_norm", "grad_accum_steps",
                                         "checkpoint_every", "keep_checkpoints",
-                                        "eval_every", "eval_examples"))
+                                        "eval_every", "eval_examples", "eval_loss_examples"))
         if self.warmup_steps < 0:
             _fail("train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         if self.z_loss_weight < 0:

@@ -143,6 +143,8 @@ class AudioTokenizerConfig:
     # Squared error leans on the tone peaks, where the errors are large.
     l2_weight: float = 1.0
     """weight of the squared error added to the L1 reconstruction loss"""
+    train_seconds: float = 1.0
+    """length of the windows the tokenizer trains on, cut from the mixture's clips (training/tokenizer_stage.py)"""
     max_seconds: float = 30.0
     """the longest clip from outside (a request's audio) `prepare_audio` accepts"""
 

@@ -23,9 +23,9 @@ def prepare_image(image, size: int = 32) -> np.ndarray:
 
     Accepts a numpy array (H x W grey, H x W x 1, RGB or RGBA; uint8, or float in [0, 1]),
     a PIL image in any mode (16-bit grey included), or encoded bytes (PNG, JPEG, anything PIL
-    reads); bytes PIL cannot decode raise ValueError. Alpha is composited
-    over white; other sizes are resized with bicubic filtering (no crop: the world's images are
-    square, and a caller who wants a crop should make it).
+    reads); bytes PIL cannot decode raise ValueError. Alpha is composited over white. One rule
+    for every other size and shape: the largest centred square is cut out (a non-square picture
+    loses its edges, never its proportions), then resized to `size` x `size`, bicubic.
     """
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
@@ -59,6 +59,11 @@ def prepare_image(image, size: int = 32) -> np.ndarray:
     if pil.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey (PNG): convert("RGB") would clip it
         pil = Image.fromarray(np.round(np.asarray(pil, np.float64) / 257).clip(0, 255).astype(np.uint8))
     pil = pil.convert("RGB")
+    width, height = pil.size
+    if width != height:
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        pil = pil.crop((left, top, left + side, top + side))
     if pil.size != (size, size):
         pil = pil.resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(pil, np.uint8)

@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from configs.base import DataConfig
 from data import templates
+from data.segments import TEXT
 from data.sources import Reader, read_world
 from data.vocab import Vocabulary
 from parallel.sharding import logical_to_spec
@@ -59,11 +60,21 @@ def training_example(named_record, index: int, vocab: Vocabulary, cfg: DataConfi
     """One (source name, record) -> one unpacked training sequence; None when too long and cfg says drop."""
     name, record = named_record
     stats.sources[name] = stats.sources.get(name, 0) + 1
-    kind, segments = readers[name](record)
-    task, segments = templates.apply(kind, segments, np.random.default_rng([cfg.seed, index]), cfg.captioning_share)
+    task, segments = templated(readers[name], record, index, cfg)
+    stats.tasks[task] = stats.tasks.get(task, 0) + 1
+    return sequence(segments, vocab, cfg, stats)
+
+
+def templated(reader: Reader, record, index: int, cfg: DataConfig) -> tuple[str, list]:
+    """(task, segments with loss marks) of one record; the template's choices are seeded by the index."""
+    kind, segments = reader(record)
+    return templates.apply(kind, segments, np.random.default_rng([cfg.seed, index]), cfg.captioning_share)
+
+
+def sequence(segments: list, vocab: Vocabulary, cfg: DataConfig, stats: PipelineStats) -> dict | None:
+    """Templated segments -> ids, shifted targets, loss mask and modality; None when too long and cfg says drop."""
     encoded = vocab.encode(segments)
     stats.examples += 1
-    stats.tasks[task] = stats.tasks.get(task, 0) + 1
     length = len(encoded.ids) - 1  # inputs and targets are the ids shifted against each other
     if length > cfg.seq_len:
         if cfg.overlong == "drop":
@@ -129,6 +140,32 @@ def packed_batches(
     if cfg.prefetch:
         batches = grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=cfg.prefetch)
     return batches
+
+
+def held_out_batches(source, reader: Reader, vocab: Vocabulary, cfg: DataConfig, examples: int) -> tuple[list[dict], int]:
+    """(batches, text bytes) of the first `examples` records of a held-out source, templated and
+    packed as training packs them but in order (no shuffle, no repeat), overlong ones truncated, as
+    full batches of `cfg.global_batch_size` rows (the last padded with empty rows): the same rows at
+    every eval, so held-out losses compare across steps. The text bytes are the UTF-8 bytes of
+    the text the rows train (for bits per byte)."""
+    cfg = dataclasses.replace(cfg, overlong="truncate")
+    stats, text_bytes = PipelineStats(), [0]
+
+    def example(index: int, record) -> dict:
+        _, segments = templated(reader, record, index, cfg)
+        text_bytes[0] += sum(len(s.text.encode()) for s in segments if s.modality == TEXT and s.loss)
+        return sequence(segments, vocab, cfg, stats)
+
+    records = grain.MapDataset.source(source)[: min(examples, len(source))]
+    packed = grain.experimental.FirstFitPackIterDataset(
+        records.map_with_index(example).to_iter_dataset(), length_struct={name: cfg.seq_len for name in FEATURES},
+        num_packing_bins=cfg.packing_bins, seed=cfg.seed)
+    rows = [_rename_packing_fields(row) for row in packed]
+    rows += [{name: np.zeros(cfg.seq_len, np.int32) for name in BATCH_FIELDS}] * (-len(rows) % cfg.global_batch_size)
+    size = cfg.global_batch_size
+    batches = [{name: np.stack([row[name] for row in rows[i : i + size]]) for name in BATCH_FIELDS}
+               for i in range(0, len(rows), size)]
+    return batches, text_bytes[0]
 
 
 def _rename_packing_fields(row: dict) -> dict:

@@ -1,4 +1,4 @@
-"""Where examples come from: the world, or any tensorflow-datasets catalog dataset by name.
+"""Where examples come from: the world, or any tensorflow-datasets dataset by name or folder.
 
 A source is a random-access data source (tfds ArrayRecord, read without TensorFlow) and a reader
 that turns one of its records into `(kind, segments)` for the templates:
@@ -15,6 +15,7 @@ features are named with `/`; a list-valued text feature contributes its first en
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
@@ -102,20 +103,30 @@ def _feature_names(features, prefix: str = "") -> set[str]:
     return names
 
 
-def open_source(name: str, split: str, data_dir: str, mapping: FeatureMapping | None = None):
-    """(data source, reader) for the world or a tfds catalog dataset; bad names fail clearly."""
+def open_source(name: str, split: str, data_dir: str | None, mapping: FeatureMapping | None = None):
+    """(data source, reader) for the world or a tfds dataset (a catalog name, or the folder a user
+    prepared one into); a bad name, a missing split or feature, an empty split fail clearly."""
     if name == "world":
         return build_world(data_dir).as_data_source()[split], read_world
     if mapping is None:
-        raise ValueError(f"the catalog dataset {name!r} needs a FeatureMapping naming its text/image/audio features")
+        raise ValueError(f"the dataset {name!r} needs a FeatureMapping naming its text/image/audio features")
     try:
-        source = tfds.data_source(name, split=split, data_dir=data_dir)
+        if Path(name).expanduser().is_dir():
+            builder = tfds.builder_from_directory(str(Path(name).expanduser()))
+        else:
+            builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
         raise ValueError(f"no tensorflow-datasets dataset is named {name!r} (see `tfds.list_builders()`)") from None
-    available = _feature_names(source.dataset_info.features)
+    if not builder.is_prepared():
+        raise ValueError(f"dataset {name!r} is not prepared under {builder.data_dir}: prepare it in the ArrayRecord "
+                         f"format first (`tfds build {name} --file_format=array_record`)")
+    if split not in builder.info.splits:
+        raise ValueError(f"dataset {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}")
+    available = _feature_names(builder.info.features)
     missing = [f for f in mapping.features() if f not in available]
     if missing:
         raise ValueError(f"dataset {name!r} has no feature {missing}; it has {sorted(available)}")
+    source = builder.as_data_source(split=split)
     if len(source) == 0:
         raise ValueError(f"dataset {name!r} split {split!r} is empty")
     return source, mapping.read

@@ -7,6 +7,8 @@ The loss covers what the model must produce (the answer), never the prompt:
     transcription   [Text(prompt), Audio]          -> Text(transcript)     (audio -> text)
     document        every segment is trained: an interleaved document is its own answer
     text            plain text, all trained
+    conversation    a chat's messages, each led by its role; the assistant's parts are trained
+                    (the reader marks them: data/manifest.py)
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 
 from data.segments import Audio, Image, Segment, Text
 
-TASKS = ("captioning", "drawing", "transcription", "document", "text")
+TASKS = ("captioning", "drawing", "transcription", "document", "text", "conversation")
 CAPTION_PROMPT = "Describe the picture:"
 DRAW_PROMPT = "Draw:"
 TRANSCRIBE_PROMPT = "Transcribe the tones:"
@@ -62,4 +64,7 @@ def apply(kind: str, segments: list[Segment], rng: np.random.Generator,
         return "document", document(segments)
     if kind == "text":
         return "text", document(segments)
-    raise ValueError(f"no template for examples of kind {kind!r}; known kinds: caption, audio, document, text")
+    if kind == "conversation":
+        return "conversation", list(segments)
+    raise ValueError(f"no template for examples of kind {kind!r}; known kinds: caption, audio, document, text, "
+                     f"conversation")

@@ -32,7 +32,8 @@ class FrameLevelCodec:
     length = None
 
     def encode(self, waveform):
-        frames = np.asarray(waveform, np.float32).reshape(-1, 640)
+        waveform = np.asarray(waveform, np.float32)
+        frames = np.pad(waveform, (0, -len(waveform) % 640)).reshape(-1, 640)  # padded, as the real tokenizer pads
         return np.minimum(999, (np.sqrt((frames**2).mean(-1)) * 1000).astype(int))
 
     def decode(self, codes):

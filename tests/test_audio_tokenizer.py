@@ -12,7 +12,8 @@ from flax import nnx
 from data.world import detect_dtmf, render_dtmf, sample_symbols
 from configs.tokenizers import AudioTokenizerConfig
 from tokenization.audio import AudioTokenizer, istft, log_mel, mel_to_waveform, stft
-from training.fit_audio_tokenizer import edit_distance, train_audio_tokenizer
+from training.fit_audio_tokenizer import train_audio_tokenizer
+from training.scores import edit_distance
 
 TINY = AudioTokenizerConfig.tiny()
 

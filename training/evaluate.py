@@ -1,10 +1,17 @@
-"""Held-out eval: the world's tasks, answered through the serving engine and scored exactly.
+"""Held-out eval: every source's teacher-forced loss, and tasks answered through the serving engine.
 
+    eval/<source>/loss/<modality>        mean next-token loss on the source's validation records,
+                                         per modality of the trained tokens (HeldOutLoss)
+    eval/<source>/text_bits_per_byte     the text's loss in bits per UTF-8 byte of the text
+    eval/<source>/caption_accuracy       for a source of captioned pictures or transcribed clips:
+    eval/<source>/caption_word_error_rate   the answer exact, and its word error rate
+    eval/<source>/transcription_...
     eval/caption_accuracy                validation pictures -> their caption, exact match
     eval/transcription_accuracy          validation DTMF clips -> "tones 1 2 3", exact match
     eval/drawing_accuracy                validation captions -> sampled image tokens -> pixels
                                          -> `world.detect_picture`: colour and position both right
     eval/compositional_caption_accuracy  pictures of (shape, colour) pairs never trained on -> caption
+                                         (these four when the world is in the mixture)
 
 Prompts are the training templates with the answer left off, so the model is asked exactly what
 it was taught to answer; the answer is whatever it generates up to its <eos>. The answers come
@@ -18,21 +25,26 @@ decoding draws an empty picture even for a model that knows where the shape goes
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from configs.base import MeshConfig, ModelConfig
+from configs.base import DataConfig, MeshConfig, ModelConfig
 from data import templates, world
-from data.segments import Image, Text
+from data.mixture import Mixture
+from data.pipeline import held_out_batches, to_global
+from data.segments import MODALITY_NAMES, Image, Text
 from data.sources import read_world
 from data.vocab import Vocabulary
 from parallel.sharding import make_mesh
 from serving.engine import Engine, SamplingParams
 from serving.offline import generate
 from tokenization.text import EOS
+from training.scores import word_error_rate
+from training.train_step import loss_and_metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +55,7 @@ class Task:
     new_tokens: int  # enough for the longest right answer and its <eos>
     temperature: float = 0.0  # 0: greedy
     top_k: int | None = None
+    word_error_rate: bool = False  # also report eval/<name>_word_error_rate (text references)
 
 
 def world_tasks(splits: dict, vocab: Vocabulary, examples: int) -> list[Task]:
@@ -62,16 +75,42 @@ def world_tasks(splits: dict, vocab: Vocabulary, examples: int) -> list[Task]:
     for _, (image, words) in _examples(splits["compositional"], ("caption",), examples):
         compositional.append((templates.captioning(image, words.text)[:-1], words.text))
 
-    def text_task(name, pairs):
-        answer = max(len(vocab.text.encode(reference)) for _, reference in pairs)
-        return Task(name, [_prompt(vocab, p) for p, _ in pairs], [r for _, r in pairs], answer + 1)
-
     image_tokens = 2 + vocab.image.length  # <boi> codes <eoi>
     drawing = Task("drawing", [_prompt(vocab, p) for p, _ in drawings],
                    [(attributes[1], attributes[3]) for _, attributes in drawings], image_tokens + 1,
                    temperature=1.0, top_k=10)
-    return [text_task("caption", captions), text_task("transcription", transcripts), drawing,
-            text_task("compositional_caption", compositional)]
+    return [_text_task("caption", captions, vocab), _text_task("transcription", transcripts, vocab), drawing,
+            _text_task("compositional_caption", compositional, vocab)]
+
+
+def source_tasks(mixture: Mixture, vocab: Vocabulary, examples: int) -> list[Task]:
+    """Captioning and transcription tasks from every source but the world whose held-out records
+    are captioned pictures or transcribed clips: its first `examples` of each, scored by exact
+    match and word error rate."""
+    tasks = []
+    for stream, source in mixture.sources.items():
+        name = mixture.source_of[stream]
+        if name == "world":
+            continue
+        pairs = {"caption": [], "transcription": []}
+        for index in range(min(len(source), 20 * examples)):  # a text-only source is not read to its end
+            kind, segments = mixture.readers[stream](source[index])
+            if kind == "caption" and len(pairs["caption"]) < examples:
+                image, words = segments
+                pairs["caption"].append((templates.captioning(image, words.text)[:-1], words.text))
+            elif kind == "audio" and len(pairs["transcription"]) < examples:
+                audio, words = segments
+                pairs["transcription"].append((templates.transcription(audio, words.text)[:-1], words.text))
+            if all(len(found) == examples for found in pairs.values()):
+                break
+        tasks += [_text_task(f"{name}/{task}", found, vocab, word_error_rate=True) for task, found in pairs.items() if found]
+    return tasks
+
+
+def _text_task(name: str, pairs: list, vocab: Vocabulary, word_error_rate: bool = False) -> Task:
+    answer = max(len(vocab.text.encode(reference)) for _, reference in pairs)
+    return Task(name, [_prompt(vocab, p) for p, _ in pairs], [r for _, r in pairs], answer + 1,
+                word_error_rate=word_error_rate)
 
 
 def _examples(source, kinds: tuple[str, ...], count: int):
@@ -144,10 +183,48 @@ def answers(engine: Engine, task: Task) -> list[np.ndarray]:
 
 
 def evaluate(engine: Engine, vocab: Vocabulary, tasks: list[Task]) -> dict[str, float]:
-    """{"eval/<task>_accuracy": share of right answers} for every task, answered by `engine`."""
+    """{"eval/<task>_accuracy": share of right answers} for every task, answered by `engine`, and
+    its word error rate where the task asks for one."""
     metrics = {}
     for task in tasks:
-        right = sum(is_right(task, answer_segments(vocab, answer), reference)
-                    for answer, reference in zip(answers(engine, task), task.references))
+        said = [answer_segments(vocab, answer) for answer in answers(engine, task)]
+        right = sum(is_right(task, answer, reference) for answer, reference in zip(said, task.references))
         metrics[f"eval/{task.name}_accuracy"] = right / len(task.prompts)
+        if task.word_error_rate:
+            texts = [answer[0].text if len(answer) == 1 and isinstance(answer[0], Text) else "" for answer in said]
+            metrics[f"eval/{task.name}_word_error_rate"] = word_error_rate(texts, task.references)
     return metrics
+
+
+class HeldOutLoss:
+    """Teacher-forced loss on every source's held-out records, per modality, with the training's
+    own loss (z-loss left out) on the training mesh. The rows are built once (data/pipeline.py,
+    `held_out_batches`: the first `examples` records of each stream) and are the same at every
+    eval. Every process builds all of them and feeds its share of each batch's rows."""
+
+    def __init__(self, mixture: Mixture, vocab: Vocabulary, cfg: DataConfig, mesh: jax.sharding.Mesh, examples: int):
+        self.mesh, self.graphdef, self._sums = mesh, None, None
+        self.sources: dict[str, tuple[list[dict], int]] = {}
+        for stream, source in mixture.sources.items():
+            batches, text_bytes = held_out_batches(source, mixture.readers[stream], vocab, cfg, examples)
+            name = mixture.source_of[stream]
+            before, before_bytes = self.sources.get(name, ([], 0))
+            self.sources[name] = (before + batches, before_bytes + text_bytes)
+
+    def __call__(self, graphdef: nnx.GraphDef, params: nnx.State) -> dict[str, float]:
+        if self._sums is None:
+            self._sums = jax.jit(lambda p, batch: loss_and_metrics(graphdef, p, batch, 0.0)[1])
+        metrics = {}
+        rows = slice(jax.process_index(), None, jax.process_count())  # this process's share, as to_global takes it
+        for name, (batches, text_bytes) in self.sources.items():
+            totals: dict[str, float] = {}
+            for batch in batches:
+                sums = self._sums(params, to_global({k: v[rows] for k, v in batch.items()}, self.mesh))
+                for key, value in sums.items():
+                    totals[key] = totals.get(key, 0.0) + float(value)
+            for modality in MODALITY_NAMES:
+                if totals.get(f"{modality}_tokens"):
+                    metrics[f"eval/{name}/loss/{modality}"] = totals[f"{modality}_nll_sum"] / totals[f"{modality}_tokens"]
+            if text_bytes and totals.get("text_tokens"):
+                metrics[f"eval/{name}/text_bits_per_byte"] = totals["text_nll_sum"] / math.log(2) / text_bytes
+        return metrics

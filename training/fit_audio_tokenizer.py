@@ -16,6 +16,7 @@ from configs.tokenizers import AudioTokenizerConfig
 from data.world import detect_dtmf, render_dtmf, sample_symbols
 from tokenization.audio import AudioTokenizer, mel_to_waveform
 from training.autoencoder import fit, warmup_cosine_adam
+from training.scores import edit_distance
 
 
 def dtmf_clips(rng: np.random.Generator, batch_size: int) -> np.ndarray:
@@ -64,14 +65,16 @@ def _roundtrip(graphdef, params, waveform_bn):
     return codes_bt, mel_l1, mel_to_waveform(recon_btm, model.cfg)
 
 
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance: the substitutions, insertions and deletions that turn `a` into `b`."""
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        previous, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ca != cb))
-    return row[-1]
+def evaluate_clips(model: AudioTokenizer, clips: np.ndarray, batch_size: int = 50) -> dict:
+    """Round-trip clips [N, samples] to codes and back: mean log-mel L1 (nats) between each clip and
+    its reconstruction, and the share of the codebook in use."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    seen, mel_l1 = np.zeros(model.fsq.codebook_size, bool), []
+    for i in range(0, len(clips), batch_size):
+        codes, l1, _ = _roundtrip(graphdef, params, clips[i : i + batch_size])
+        seen[np.asarray(codes).ravel()] = True
+        mel_l1.extend(np.asarray(l1).tolist())
+    return {"mel_l1": float(np.mean(mel_l1)), "codes_used_fraction": float(seen.mean()), "num_clips": len(clips)}
 
 
 def evaluate(model: AudioTokenizer, num_clips: int = 200, seed: int = 12345, batch_size: int = 50) -> dict:

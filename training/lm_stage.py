@@ -36,14 +36,13 @@ from tqdm import tqdm
 from checkpoints import CHECKPOINT_ITEMS
 from configs.base import Config
 from data.pipeline import PipelineStats, packed_batches, to_global
-from data.sources import world_by_kind
+from data.mixture import make_sources, open_mixture, world_splits
 from data.vocab import Vocabulary
-from data.world_builder import build_world
 from model.costs import train_flops_per_token
 from model.transformer import init_model
 from parallel.hardware import matmul_peak_flops
 from parallel.sharding import make_mesh
-from training.evaluate import Evaluator, world_tasks
+from training.evaluate import Evaluator, HeldOutLoss, source_tasks, world_tasks
 from training.train_step import init_opt_state, make_optimizer, modality_losses, train_step
 
 
@@ -51,16 +50,22 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, splits: dict | None = None,
+def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, world: dict | None = None,
              log: Callable[[str], None] = print) -> dict:
     """Train to `cfg.train.steps`, resuming from `workdir` if it holds a checkpoint; returns the last metrics.
 
-    `splits` holds the world's "train", "validation" and "compositional" data sources (default:
-    the world built under `<workdir>/data`); the held-out eval reads the last two.
+    The data are the mixture `cfg.data.sources` names (data/mixture.py). `world` holds the world's
+    "train", "validation" and "compositional" data sources when it is not the default one under
+    `<workdir>/data` (tests use small worlds); the held-out evals read the last two.
     """
     workdir = Path(workdir).absolute()
     lead = jax.process_index() == 0  # one process speaks for all: they hold the same metrics
     log = log if lead else (lambda message: None)
+    # Process 0 generates the world and prepares manifests first: on a shared workdir the others would race it.
+    if lead:
+        make_sources(cfg.data, workdir, log, world=world is None)
+    multihost_utils.sync_global_devices("data sources made")
+    train, held_out = open_mixture(cfg, workdir, "train", world), open_mixture(cfg, workdir, "validation", world)
     mesh = make_mesh(cfg.mesh)
     graphdef, model_state = init_model(cfg.model, mesh, cfg.train.seed)
     params = nnx.state(nnx.merge(graphdef, model_state), nnx.Param)
@@ -69,17 +74,14 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, splits: dict | None 
         state = {"params": params, "opt_state": init_opt_state(tx, params, mesh), "step": jnp.zeros((), jnp.int32)}
         step_fn = jax.jit(train_step(graphdef, tx, cfg.train), donate_argnums=0)
 
-    if splits is None:
-        # Process 0 generates the world first: on a shared workdir the others would race it.
-        if lead:
-            build_world(str(workdir / "data"))
-        multihost_utils.sync_global_devices("world data generated")
-        splits = build_world(str(workdir / "data")).as_data_source()
     stats = PipelineStats()
-    by_kind = world_by_kind(splits["train"])
-    batches = iter(packed_batches(by_kind, vocab, cfg.data, stats=stats,
-                                  weights=dict(zip(by_kind, cfg.data.world_mixture))))
-    evaluator = Evaluator(cfg.model, vocab, world_tasks(splits, vocab, cfg.train.eval_examples), mesh)
+    batches = iter(packed_batches(train.sources, vocab, cfg.data, stats=stats, weights=train.weights,
+                                  readers=train.readers))
+    tasks = source_tasks(held_out, vocab, cfg.train.eval_examples)
+    if "world" in train.source_of.values():
+        tasks = world_tasks(world or world_splits(workdir), vocab, cfg.train.eval_examples) + tasks
+    evaluator = Evaluator(cfg.model, vocab, tasks, mesh) if tasks else None
+    held_out_loss = HeldOutLoss(held_out, vocab, cfg.data, mesh, cfg.train.eval_loss_examples)
 
     options = ocp.CheckpointManagerOptions(max_to_keep=cfg.train.keep_checkpoints, enable_async_checkpointing=True)
     manager = ocp.CheckpointManager(workdir / "checkpoints", options=options, item_names=CHECKPOINT_ITEMS)
@@ -133,7 +135,9 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, splits: dict | None 
                         "examples_truncated": stats.truncated, "examples_dropped": stats.dropped}
                 if (step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.train.steps:
                     started = time.perf_counter()
-                    last.update(evaluator(graphdef, state["params"]))
+                    last.update(held_out_loss(graphdef, state["params"]))
+                    if evaluator is not None:
+                        last.update(evaluator(graphdef, state["params"]))
                     last["eval/seconds"] = time.perf_counter() - started
                     log(f"step {step + 1} eval: " + ", ".join(
                         f"{k.removeprefix('eval/')} {v:.3f}" for k, v in last.items() if k.startswith("eval/")))
