@@ -37,8 +37,10 @@ class SourceSpec:
         """How metrics and logs name the source: world, the manifest's stem, the dataset's name."""
         if self.kind == "world":
             return "world"
-        stem = PurePath(self.where.rstrip("/")).name
-        stem = stem.removesuffix(".jsonl") if self.kind == "manifest" else stem.split(":")[0]
+        path = PurePath(self.where.rstrip("/"))
+        if self.kind == "tfds" and re.fullmatch(r"\d+\.\d+\.\d+", path.name):  # a prepared dataset's version folder
+            path = path.parent
+        stem = path.name.removesuffix(".jsonl") if self.kind == "manifest" else path.name.split(":")[0]
         return re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or self.kind
 
     def option(self, key: str, default: str | None = None) -> str | None:

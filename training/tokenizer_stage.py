@@ -3,7 +3,8 @@ pictures and sounds; saved under `<workdir>/tokenizers/` (the layout: checkpoint
 them back as one Vocabulary).
 
 On the world alone (the default) the tokenizers see fresh renderings and tones, never one twice,
-and are measured on held-out ones. On any other mixture (data/mixture.py) they train on its
+and are measured on held-out ones. A mixture without pictures (or sound) trains that tokenizer on
+the world's renderings (or tones), so every run has all three. On any other mixture (data/mixture.py) they train on its
 training records, drawn by the sources' weights: pictures at the image tokenizer's size (the
 largest centred square, resized: data/media.py), sound as random windows of `audio.train_seconds`
 (shorter clips zero-padded). They are measured on the validation records: image PSNR and
@@ -62,6 +63,14 @@ class MixtureMedia:
                 self.empty[modality].add(stream)
             found += signals
         return found[:count]
+
+    def holds(self, modality: str) -> bool:
+        """Whether any record of the mixture holds a picture ("image") or sound ("audio")."""
+        try:
+            self._draw(np.random.default_rng(0), modality, 1)
+            return True
+        except ValueError:
+            return False
 
     def images(self, rng: np.random.Generator, batch_size: int) -> np.ndarray:
         return np.stack([prepare_image(s.pixels, self.image_size) for s in self._draw(rng, "image", batch_size)])
@@ -133,7 +142,8 @@ def train_tokenizers(cfg: Config, workdir: Path, log: Callable[[str], None] = pr
     image_cfg, audio_cfg = cfg.tokenizers.image, cfg.tokenizers.audio
     clip_samples = round(audio_cfg.train_seconds * audio_cfg.sample_rate)
     media = MixtureMedia(train, image_cfg.image_size, clip_samples)
-    image_model, image_train = fit_image_tokenizer.train_image_tokenizer(image_cfg, media.images, seed=cfg.train.seed)
+    images = media.images if media.holds("image") else world_images  # a mixture without pictures: the world's
+    image_model, image_train = fit_image_tokenizer.train_image_tokenizer(image_cfg, images, seed=cfg.train.seed)
     held_images = held_out_media(held_out, IMAGE, cfg.tokenizers.eval_images) or held_out_media(train, IMAGE, 64)
     metrics["image"] = {"seconds": image_train["seconds"], "steps": image_train["steps"], "held_out": len(held_images)}
     if held_images:
@@ -144,7 +154,8 @@ def train_tokenizers(cfg: Config, workdir: Path, log: Callable[[str], None] = pr
         f"{len(held_images)} pictures, {metrics['image'].get('codes_used_fraction', 0):.0%} of codes in use, "
         f"{image_train['seconds']:.0f}s")
 
-    audio_model, audio_train = fit_audio_tokenizer.train_audio_tokenizer(audio_cfg, media.clips, seed=cfg.train.seed)
+    clips = media.clips if media.holds("audio") else None  # None: the world's tones
+    audio_model, audio_train = fit_audio_tokenizer.train_audio_tokenizer(audio_cfg, clips, seed=cfg.train.seed)
     held_clips = held_out_media(held_out, AUDIO, cfg.tokenizers.eval_clips) or held_out_media(train, AUDIO, 64)
     metrics["audio"] = {"seconds": audio_train["seconds"], "steps": audio_train["steps"], "held_out": len(held_clips)}
     if held_clips:
