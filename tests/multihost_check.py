@@ -38,9 +38,10 @@ def world_splits(workdir: Path) -> dict:
     return build_world(str(workdir / "world"), seed=2, train=60, validation=6, compositional=3).as_data_source()
 
 
-def both_shares(sources, vocab, cfg, stats=None, weights=None):
+def both_shares(sources, vocab, cfg, stats=None, weights=None, readers=None):
     """What the two processes read, side by side: process 0's rows, then process 1's, per batch."""
-    shares = [packed_batches(sources, vocab, cfg, index, PROCESSES, stats, weights) for index in range(PROCESSES)]
+    shares = [packed_batches(sources, vocab, cfg, index, PROCESSES, stats, weights, readers)
+              for index in range(PROCESSES)]
     return grain.experimental.ZipIterDataset(shares).map(
         lambda pair: {name: np.concatenate([part[name] for part in pair]) for name in pair[0]})
 
