@@ -60,10 +60,13 @@ class BadRecord(ValueError):
     """A manifest line that cannot become a record; the message names the line and the problem."""
 
 
+CODES = "<i4"  # the stored form of a picture's or a clip's codes (data/encode.py)
+
+
 @dataclasses.dataclass(frozen=True)
 class Part:
-    modality: str  # "text" | "image" | "audio"
-    payload: str | bytes  # the text; the image file's bytes; 16 kHz int16 PCM
+    modality: str  # "text" | "image" | "audio"; after the encode pass "image_codes" | "audio_codes"
+    payload: str | bytes  # the text; the image file's bytes; 16 kHz int16 PCM; codes as CODES
     role: str = ""  # a conversation's speaker; "" elsewhere
 
 
@@ -244,7 +247,7 @@ def waveform(part: Part, sample_rate: int = AUDIO_RATE) -> np.ndarray:
 
 def segments_of(record: Record, image_size: int, sample_rate: int = AUDIO_RATE) -> tuple[str, list[Segment]]:
     """(kind, segments) of a stored record, pictures at `image_size` (data/media.py's rule) and
-    sound at `sample_rate`: what the templates (data/templates.py) take. A conversation's segments
+    sound at `sample_rate`, or their codes once encoded: what the templates (data/templates.py) take. A conversation's segments
     carry their loss marks already (the assistant's are trained), each message led by its role."""
     segments: list[Segment] = []
     role = None
@@ -257,6 +260,10 @@ def segments_of(record: Record, image_size: int, sample_rate: int = AUDIO_RATE) 
             segments.append(Text(part.payload, loss=loss))
         elif part.modality == "image":
             segments.append(Image(pixels=media.prepare_image(part.payload, image_size), loss=loss))
-        else:
+        elif part.modality == "audio":
             segments.append(Audio(waveform=waveform(part, sample_rate), loss=loss))
+        elif part.modality == "image_codes":
+            segments.append(Image(codes=np.frombuffer(part.payload, CODES), loss=loss))
+        else:
+            segments.append(Audio(codes=np.frombuffer(part.payload, CODES), loss=loss))
     return record.kind, segments

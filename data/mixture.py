@@ -1,6 +1,7 @@
 """The configured mixture (`data.sources`, configs/sources.py) as data sources the pipeline draws from.
 
     make_sources(cfg.data, workdir)          once, by one process: the world generated, manifests prepared
+    encode_sources(cfg, workdir, vocab)      once, by one process, after the tokenizer stage: media -> codes
     open_mixture(cfg, workdir, "train")      every process: {stream: source}, readers, weights
 
 The world enters as its three kinds (its weight split by `data.world_mixture`); a manifest as the
@@ -22,9 +23,11 @@ from jax.experimental import multihost_utils
 
 from configs.base import Config, DataConfig
 from configs.sources import SourceSpec
+from data.encode import encode_prepared, encoded_folder, is_current
 from data.manifest import AUDIO_RATE, Record, segments_of
 from data.prepare import prepare
 from data.sources import FeatureMapping, open_source, read_world, world_by_kind
+from data.vocab import Vocabulary
 from data.world_builder import build_world
 
 PREPARED_REPORT = "prepared.json"
@@ -91,6 +94,17 @@ def ready_sources(cfg: Config, workdir: Path, log=print) -> None:
     open_mixture(cfg, workdir, "train")
 
 
+def encode_sources(cfg: Config, workdir: Path, vocab: Vocabulary, log=print) -> None:
+    """Encode every manifest source's pictures and sound with the run's tokenizers (data/encode.py),
+    unless its codes are current; call it from one process, after the tokenizer stage."""
+    for spec in cfg.data.source_specs():
+        if spec.kind != "manifest":
+            continue
+        prepared, out = prepared_folder(spec, workdir), encoded_folder(workdir, spec.name)
+        if not is_current(out, workdir, prepared):
+            encode_prepared(prepared, out, vocab, cfg.tokenizers.audio.sample_rate, workdir, log=log)
+
+
 def open_prepared(folder: Path, split: str, name: str):
     """The split of a prepared folder as a random-access source of record bytes."""
     if not (folder / PREPARED_REPORT).exists():
@@ -123,12 +137,14 @@ def world_splits(workdir: Path) -> dict:
     return build_world(str(Path(workdir).absolute() / "data")).as_data_source()
 
 
-def open_mixture(cfg: Config, workdir: Path, split: str = "train", world: dict | None = None) -> Mixture:
+def open_mixture(cfg: Config, workdir: Path, split: str = "train", world: dict | None = None,
+                 raw: bool = False) -> Mixture:
     """Every source's `split` ("train" or "validation"), ready for `packed_batches` or the evaluation.
 
     For "train" every source must have records; for "validation", a source without a held-out
     split is left out (its loss is not measured). `world`: the world's splits, when not the default
-    world under `<workdir>/data`."""
+    world under `<workdir>/data`. A manifest source reads its encoded records where they are
+    current (data/encode.py), its prepared media otherwise or with `raw` (the tokenizer stage)."""
     workdir = Path(workdir).absolute()
     sources, readers, weights, source_of = {}, {}, {}, {}
     for spec in cfg.data.source_specs():
@@ -142,7 +158,10 @@ def open_mixture(cfg: Config, workdir: Path, split: str = "train", world: dict |
             continue
         if spec.kind == "manifest":
             folder = prepared_folder(spec, workdir)
-            source, reader = open_prepared(folder, split, spec.name), PreparedReader(cfg.tokenizers.image.image_size)
+            if not raw and is_current(encoded_folder(workdir, spec.name), workdir, folder):
+                folder = encoded_folder(workdir, spec.name)
+            reader = PreparedReader(cfg.tokenizers.image.image_size, cfg.tokenizers.audio.sample_rate)
+            source = open_prepared(folder, split, spec.name)
             where = folder
         else:
             source, reader = _tfds_split(spec, split, cfg.tokenizers.image.image_size)

@@ -29,6 +29,8 @@ class Codec(Protocol):
 
     def encode(self, signal: np.ndarray) -> np.ndarray: ...
 
+    def encode_batch(self, signals: list) -> list[np.ndarray]: ...  # `encode` of each, batched on the device
+
     def decode(self, codes: np.ndarray) -> np.ndarray: ...
 
 

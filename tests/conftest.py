@@ -21,6 +21,9 @@ class BlockColourCodec:
         digits = blocks.astype(int).reshape(64, 3)
         return digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]
 
+    def encode_batch(self, images):
+        return [self.encode(image) for image in images]
+
     def decode(self, codes):
         digits = np.stack([codes // 100, codes // 10 % 10, codes % 10], -1).reshape(8, 8, 3)
         return np.repeat(np.repeat((digits * 25.6).astype(np.uint8), 4, 0), 4, 1)
@@ -35,6 +38,9 @@ class FrameLevelCodec:
         waveform = np.asarray(waveform, np.float32)
         frames = np.pad(waveform, (0, -len(waveform) % 640)).reshape(-1, 640)  # padded, as the real tokenizer pads
         return np.minimum(999, (np.sqrt((frames**2).mean(-1)) * 1000).astype(int))
+
+    def encode_batch(self, waveforms):
+        return [self.encode(waveform) for waveform in waveforms]
 
     def decode(self, codes):
         return np.repeat(np.asarray(codes, np.float32) / 1000, 640)

@@ -283,5 +283,25 @@ class AudioCodec:
         samples = prepare_audio(waveform, self.cfg.sample_rate, self.cfg.max_seconds)
         return np.asarray(self._encode(self.state, samples[None]))[0].reshape(-1)
 
+    def encode_batch(self, waveforms: list, batch_size: int = 32) -> list[np.ndarray]:
+        """`encode` of many clips (float32 at the tokenizer's rate): clips of the same length in whole
+        tokens are encoded together, `batch_size` at a time (padded: one compiled shape per length).
+        A clip is zero-padded to whole tokens either way, so each gets the codes `encode` gives it."""
+        step = self.cfg.samples_per_token
+        padded = [np.pad(np.asarray(w, np.float32), (0, -len(w) % step)) for w in waveforms]
+        by_length: dict[int, list[int]] = {}
+        for index, clip in enumerate(padded):
+            by_length.setdefault(len(clip), []).append(index)
+        codes: list = [None] * len(waveforms)
+        for length, indices in by_length.items():
+            for i in range(0, len(indices), batch_size):
+                part = indices[i : i + batch_size]
+                batch = np.zeros((batch_size, length), np.float32)
+                batch[: len(part)] = [padded[j] for j in part]
+                out = np.asarray(self._encode(self.state, batch))
+                for row, j in enumerate(part):
+                    codes[j] = out[row].reshape(-1)
+        return codes
+
     def decode(self, codes: np.ndarray) -> np.ndarray:
         return np.asarray(self._decode(self.state, np.asarray(codes).reshape(1, -1)))[0]

@@ -173,6 +173,16 @@ class ImageCodec:
         pixels = prepare_image(image, self.size)
         return np.asarray(self._encode(self.state, pixels[None]))[0].reshape(-1)
 
+    def encode_batch(self, images: list, batch_size: int = 64) -> list[np.ndarray]:
+        """`encode` of many images, `batch_size` at a time (the last batch padded: one compiled shape)."""
+        pixels = np.stack([prepare_image(image, self.size) for image in images]) if images else None
+        codes = []
+        for i in range(0, len(images), batch_size):
+            batch = pixels[i : i + batch_size]
+            padded = np.pad(batch, ((0, batch_size - len(batch)), (0, 0), (0, 0), (0, 0)))
+            codes += list(np.asarray(self._encode(self.state, padded))[: len(batch)].reshape(len(batch), -1))
+        return codes
+
     def decode(self, codes: np.ndarray) -> np.ndarray:
         codes = np.asarray(codes).reshape(1, self.grid, self.grid)
         return np.asarray(self._decode(self.state, codes))[0]

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from checkpoints import CHECKPOINT_ITEMS
 from configs.base import Config
 from data.pipeline import PipelineStats, packed_batches, to_global
-from data.mixture import make_sources, open_mixture, world_splits
+from data.mixture import encode_sources, make_sources, open_mixture, world_splits
 from data.vocab import Vocabulary
 from model.costs import train_flops_per_token
 from model.transformer import init_model
@@ -61,9 +61,11 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, world: dict | None =
     workdir = Path(workdir).absolute()
     lead = jax.process_index() == 0  # one process speaks for all: they hold the same metrics
     log = log if lead else (lambda message: None)
-    # Process 0 generates the world and prepares manifests first: on a shared workdir the others would race it.
+    # Process 0 generates the world, prepares manifests and encodes their media first: on a shared
+    # workdir the others would race it.
     if lead:
         make_sources(cfg.data, workdir, log, world=world is None)
+        encode_sources(cfg, workdir, vocab, log)
     multihost_utils.sync_global_devices("data sources made")
     train, held_out = open_mixture(cfg, workdir, "train", world), open_mixture(cfg, workdir, "validation", world)
     mesh = make_mesh(cfg.mesh)

@@ -124,7 +124,8 @@ def train_tokenizers(cfg: Config, workdir: Path, log: Callable[[str], None] = pr
     if [spec.kind for spec in cfg.data.source_specs()] == ["world"]:
         return _train_on_world(cfg, workdir, log)
     make_sources(cfg.data, workdir, log)
-    train, held_out = open_mixture(cfg, workdir, "train"), open_mixture(cfg, workdir, "validation")
+    train = open_mixture(cfg, workdir, "train", raw=True)
+    held_out = open_mixture(cfg, workdir, "validation", raw=True)
     root = Path(workdir).absolute() / TOKENIZER_DIR
     root.mkdir(parents=True, exist_ok=True)
     metrics: dict = {"sources": sorted(set(train.source_of.values()))}
