@@ -1,6 +1,6 @@
 """Three real corpora that need no download, as manifests (data/manifest.py) for `train.py --data.sources`.
 
-    python examples/real_data/build_manifests.py --out data/real     # needs scikit-learn and espeak-ng
+    python examples/real_data/build_manifests.py --out runs/real_data     # needs scikit-learn and espeak-ng
 
     digits.jsonl   the 1,797 handwritten digit scans bundled with scikit-learn (8x8, 17 grey levels),
                    each captioned with its digit ("7"); every fifth scan held out (20%)
@@ -89,7 +89,7 @@ def _write(path: Path, lines: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("data/real"))
+    parser.add_argument("--out", type=Path, default=Path("runs/real_data"))
     parser.add_argument("--speech-train", type=int, default=4000, help="training clips")
     parser.add_argument("--speech-held-out", type=int, default=200, help="held-out clips, each an unseen sequence")
     parser.add_argument("--chunk-chars", type=int, default=1000)
