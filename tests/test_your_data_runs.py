@@ -20,6 +20,9 @@ from data.prepare import prepare
 from tests.test_lm_stage import PreemptedAfter, small_config
 from tests.test_manifest import every_kind
 from tests.test_sources import ToyCaptions
+from configs.tokenizers import ImageTokenizerConfig
+from tokenization.image import ImageCodec
+from training import fit_image_tokenizer
 from training.tokenizer_stage import MixtureMedia, train_tokenizers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,3 +110,17 @@ def test_a_tfds_dataset_with_a_feature_mapping_trains_through_train_py(tmp_path)
     bad = subprocess.run([*command[:6], "--data.sources", source.replace("captions/text", "caption/txt")],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "has no feature ['caption/txt']" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow  # compiles the 256x256 tokenizer
+def test_the_scale_presets_image_tokenizer_trains_on_a_manifests_pictures_through_the_same_code(tmp_path):
+    prepare(every_kind(tmp_path), tmp_path / "prepared", workers=1, log=lambda m: None)
+    image_cfg = dataclasses.replace(ImageTokenizerConfig.for_scale(), batch_size=2, warmup_steps=1)
+    cfg = get_config("tiny")
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sources=(f"manifest:{tmp_path / 'prepared'}",)),
+                              tokenizers=dataclasses.replace(cfg.tokenizers, image=image_cfg))
+    media = MixtureMedia(open_mixture(cfg, tmp_path / "run", "train", raw=True), image_cfg.image_size, 16_000)
+    assert media.images(np.random.default_rng(0), 2).shape == (2, 256, 256, 3)  # 48x24 and 32x32 files, cropped and resized
+    model, metrics = fit_image_tokenizer.train_image_tokenizer(image_cfg, media.images, steps=2)
+    assert metrics["steps"] == 2 and np.isfinite(metrics["final_loss"])
+    assert ImageCodec(model).encode((tmp_path / "media" / "wide.png").read_bytes()).shape == (256,)
