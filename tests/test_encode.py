@@ -5,6 +5,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 from flax import nnx
 
 from configs.tokenizers import AudioTokenizerConfig, ImageTokenizerConfig
@@ -18,6 +19,7 @@ from tokenization.audio import AudioCodec, AudioTokenizer
 from tokenization.image import ImageCodec, ImageTokenizer
 
 
+@pytest.mark.slow  # compiles the image tokenizer at several shapes (~6 s)
 def test_batched_image_codes_equal_one_at_a_time():
     codec = ImageCodec(ImageTokenizer(ImageTokenizerConfig.tiny(), nnx.Rngs(0)))
     rng = np.random.default_rng(0)
@@ -26,6 +28,7 @@ def test_batched_image_codes_equal_one_at_a_time():
     assert all(np.array_equal(b, codec.encode(image)) for b, image in zip(batched, images, strict=True))
 
 
+@pytest.mark.slow  # compiles the audio tokenizer at several shapes (~5 s)
 def test_batched_audio_codes_equal_one_at_a_time_for_clips_of_any_length():
     codec = AudioCodec(AudioTokenizer(AudioTokenizerConfig.tiny(), nnx.Rngs(0)))
     rng = np.random.default_rng(0)

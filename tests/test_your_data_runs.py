@@ -115,10 +115,10 @@ def test_a_tfds_dataset_with_a_feature_mapping_trains_through_train_py(tmp_path)
 @pytest.mark.slow  # compiles the 256x256 tokenizer
 def test_the_scale_presets_image_tokenizer_trains_on_a_manifests_pictures_through_the_same_code(tmp_path):
     prepare(every_kind(tmp_path), tmp_path / "prepared", workers=1, log=lambda m: None)
-    image_cfg = dataclasses.replace(ImageTokenizerConfig.for_scale(), batch_size=2, warmup_steps=1)
-    cfg = get_config("tiny")
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sources=(f"manifest:{tmp_path / 'prepared'}",)),
-                              tokenizers=dataclasses.replace(cfg.tokenizers, image=image_cfg))
+    cfg = get_config("nano1")  # a scale preset: its image tokenizer reads 256x256 pictures
+    assert cfg.tokenizers.image == ImageTokenizerConfig.for_scale()
+    image_cfg = dataclasses.replace(cfg.tokenizers.image, batch_size=2, warmup_steps=1)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sources=(f"manifest:{tmp_path / 'prepared'}",)))
     media = MixtureMedia(open_mixture(cfg, tmp_path / "run", "train", raw=True), image_cfg.image_size, 16_000)
     assert media.images(np.random.default_rng(0), 2).shape == (2, 256, 256, 3)  # 48x24 and 32x32 files, cropped and resized
     model, metrics = fit_image_tokenizer.train_image_tokenizer(image_cfg, media.images, steps=2)
