@@ -117,17 +117,18 @@ def open_prepared(folder: Path, split: str, name: str):
     return grain.sources.ArrayRecordDataSource([str(path) for path in shards])
 
 
-def _tfds_split(spec: SourceSpec, split: str, image_size: int):
-    mapping = FeatureMapping(kind=spec.option("kind"), text=spec.option("text", "text"), image=spec.option("image"),
-                             audio=spec.option("audio"), sample_rate=int(spec.option("sample_rate", "16000")))
+def _tfds_split(spec: SourceSpec, split: str):
+    """(data source, reader) of a tfds source's split; (None, None) when it has no held-out split."""
     name = spec.option(f"{split}_split", split)
     if name == "none":
         return None, None
-    data_dir = spec.option("data_dir")
     try:
-        return open_source(spec.where, name, data_dir, mapping)
+        mapping = FeatureMapping(kind=spec.option("kind"), text=spec.option("text", "text"),
+                                 image=spec.option("image"), audio=spec.option("audio"),
+                                 sample_rate=int(spec.option("sample_rate", "16000")))
+        return open_source(spec.where, name, spec.option("data_dir"), mapping)
     except ValueError as error:
-        if split == "validation" and spec.option("validation_split") is None and "split" in str(error):
+        if split == "validation" and spec.option("validation_split") is None and "has no split" in str(error):
             return None, None  # no held-out split unless one was named
         raise ValueError(f"data.sources {spec.name!r}: {error}") from None
 
@@ -164,7 +165,7 @@ def open_mixture(cfg: Config, workdir: Path, split: str = "train", world: dict |
             source = open_prepared(folder, split, spec.name)
             where = folder
         else:
-            source, reader = _tfds_split(spec, split, cfg.tokenizers.image.image_size)
+            source, reader = _tfds_split(spec, split)
             where = spec.where
         if source is None or len(source) == 0:
             if split == "train":

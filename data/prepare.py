@@ -14,6 +14,7 @@ A bad line (a missing or unreadable file, an undecodable image or audio file, an
 stops the run with an error naming the line, and DIR is left as it was; with --skip-bad it is
 skipped, counted and listed in the report. The corpus is streamed: at most one batch of lines
 and their files is in memory at once. The work is written to DIR.partial and renamed when done.
+A corpus too big for one machine: the same checks and records on Apache Beam (data/prepare_beam.py).
 """
 
 from __future__ import annotations

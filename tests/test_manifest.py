@@ -1,9 +1,10 @@
 """A user's own data: a manifest of every record kind prepares to ArrayRecord, reads back through the
 pipeline and packs; bad lines are named or skipped and counted; a mixture with the world draws by weight."""
 
+import base64
 import dataclasses
-import io
 import json
+import tempfile
 import wave
 from pathlib import Path
 
@@ -37,8 +38,6 @@ def write_wav(path: Path, seconds: float, rate: int = 16_000, channels: int = 1)
 
 
 def wav_base64(seconds: float) -> str:
-    import base64
-    import tempfile
     with tempfile.TemporaryDirectory() as folder:
         write_wav(Path(folder) / "a.wav", seconds)
         return base64.b64encode((Path(folder) / "a.wav").read_bytes()).decode()
