@@ -1,6 +1,6 @@
 """Three real corpora that need no download, as manifests (data/manifest.py) for `train.py --data.sources`.
 
-    python examples/real_data/build_manifests.py --out runs/real_data     # needs scikit-learn and espeak-ng
+    python examples/real_data/build_manifests.py --out runs/real_data     # needs espeak-ng and the `examples` extra
 
     digits.jsonl   the 1,797 handwritten digit scans bundled with scikit-learn (8x8, 17 grey levels),
                    each captioned with its digit ("7"); every fifth scan held out (20%)
@@ -23,14 +23,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from sklearn.datasets import load_digits
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
 
 
 def digits(out: Path) -> dict:
-    from sklearn.datasets import load_digits  # the examples' own dependency, not the package's
-
     scans = load_digits()
     folder = out / "digits"
     folder.mkdir(parents=True, exist_ok=True)
