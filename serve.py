@@ -5,7 +5,8 @@
     engine    the weights prepared for decoding (per layer, compute dtype or int8), B decode
               slots sharing one KV cache, jitted prefill / insert / step           (serving/engine.py)
     schedule  a thread that keeps the slots full as requests come and go            (serving/scheduler.py)
-    HTTP      OpenAI-compatible completions and chat, /v1/models, /health, /metrics  (serving/api.py)
+    HTTP      OpenAI-compatible completions and chat, /v1/models, /health, /metrics  (serving/api.py),
+              with bounded connections and deadlines for slow clients            (serving/connections.py)
 
 Binds 127.0.0.1:8000 by default (`--serve.host`, `--serve.port`); every limit is a `--serve.*` flag.
 /health answers 503 until every program is compiled, then 200.
@@ -32,6 +33,8 @@ from parallel.aot import compile_on_cpu, compile_only
 from parallel.sharding import make_mesh
 from serving.api import make_app
 from serving.compile_only import compile_decode_step
+from serving.connections import uvicorn_config
+from serving.media import FetchPolicy
 from serving.server import make_server
 
 
@@ -48,6 +51,8 @@ class ServeFlags:
     """require `Authorization: Bearer KEY` on every route but /health"""
     allow_image_host: tyro.conf.UseAppendAction[tuple[str, ...]] = ()
     """a host that image_url parts may be fetched from; none by default"""
+    allow_private_image_addresses: tyro.conf.FlagCreatePairsOff[bool] = False
+    """let an allowed image host resolve to a loopback, private or link-local address (off: public only)"""
     topology: str | None = None
     """a TPU slice, e.g. v5p-64 or v5e-16: serve with the preset's plan for it; with --compile-only, compile for it"""
     compile_only: tyro.conf.FlagCreatePairsOff[bool] = False
@@ -72,10 +77,10 @@ def main() -> None:
             print(f"serving {cfg.name} from {workdir / 'checkpoints'} at step {step}")
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"serve.py: {error}")
-    server = make_server(cfg, vocab, graphdef, params, mesh, api_key=flags.api_key,
-                         allowed_image_hosts=flags.allow_image_host)
+    fetch_policy = FetchPolicy(flags.allow_image_host, flags.allow_private_image_addresses, cfg.serve.fetch_timeout_s)
+    server = make_server(cfg, vocab, graphdef, params, mesh, api_key=flags.api_key, fetch_policy=fetch_policy)
     del params  # the engine keeps its own copy, prepared for decoding: this one would double the memory
-    uvicorn.run(make_app(server), host=cfg.serve.host, port=cfg.serve.port, log_level="info")
+    uvicorn.Server(uvicorn_config(make_app(server), cfg.serve, log_level="info")).run()
 
 
 if __name__ == "__main__":

@@ -252,6 +252,22 @@ class ServeConfig:
     """seconds a request may take; past them it gets 504 and its slot is freed"""
     max_body_bytes: int = 8 * 2**20
     """the largest request body, or fetched image, in bytes"""
+    max_prompts: int = 64
+    """prompts in one completions request's list; more is a 400"""
+    max_prompt_chars: int = 200_000
+    """characters of text in one request's prompts or messages; more is a 400, before any is tokenized"""
+    max_audio_sample_rate: int = 48_000
+    """the highest WAV sample rate accepted, in Hz (resampling cost grows with it); the lowest is 1,000"""
+    fetch_timeout_s: float = 10.0
+    """seconds one remote image may take to fetch, all of it (connect, headers, body)"""
+    header_timeout_s: float = 10.0
+    """seconds a client has to send a request's headers, from connecting or from its previous reply"""
+    body_timeout_s: float = 30.0
+    """seconds a client has to send a request's body once its headers are in; past them 408"""
+    keep_alive_s: float = 5.0
+    """seconds an idle kept-alive connection stays open"""
+    max_connections: int = 512
+    """open connections and requests at once; past it a new request gets 503"""
     int8_weights: bool = False
     """weight-only int8 (model/weights.py): half of bfloat16's bytes to hold and to read each step"""
     host: str = "127.0.0.1"
@@ -261,7 +277,9 @@ class ServeConfig:
 
     def __post_init__(self):
         _check_positive("serve", self, ("slots", "max_cache_len", "max_tokens", "max_queue", "request_timeout_s",
-                                        "max_body_bytes", "port"))
+                                        "max_body_bytes", "max_prompts", "max_prompt_chars", "max_audio_sample_rate",
+                                        "fetch_timeout_s", "header_timeout_s", "body_timeout_s", "keep_alive_s",
+                                        "max_connections", "port"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -116,14 +116,19 @@ def _resample(mono_n: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
     return resample_poly(mono_n.astype(np.float64), target_rate // g, rate // g)
 
 
-def prepare_audio(audio, sample_rate: int | None = None, max_seconds: float = 30.0, target_rate: int = 16000) -> np.ndarray:
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 384_000  # what any recording uses; resampling's cost grows with the rate
+
+
+def prepare_audio(audio, sample_rate: int | None = None, max_seconds: float = 30.0, target_rate: int = 16000,
+                  max_rate: int = MAX_SAMPLE_RATE) -> np.ndarray:
     """Anything audio-like -> float32 mono [N] at `target_rate`, ready for `AudioTokenizer.encode`.
 
     `audio`: a numpy array [N] or [N, channels] of float (nominally [-1, 1]), int8/16/32 or
     uint8 (offset binary) samples, with its `sample_rate`; or WAV bytes (integer PCM; the rate is
-    read from the header). Channels are averaged; other rates are resampled polyphase. Raises
-    ValueError, naming the problem and the numbers, on empty, over-long (> max_seconds), non-finite
-    or undecodable input.
+    read from the header), at 1 kHz to `max_rate`. Channels are averaged; other rates are resampled
+    polyphase. Raises ValueError, naming the problem and the numbers, on empty, over-long
+    (> max_seconds), non-finite or undecodable input, or a rate out of range (a header can claim
+    any rate, and resampling from an odd one needs a filter as long as the rate).
     """
     if isinstance(audio, (bytes, bytearray, memoryview)):
         samples, rate = _decode_wav(bytes(audio))
@@ -135,6 +140,8 @@ def prepare_audio(audio, sample_rate: int | None = None, max_seconds: float = 30
         samples, rate = np.asarray(audio), sample_rate
     if not isinstance(rate, (int, np.integer)) or rate <= 0:
         raise ValueError(f"sample rate must be a positive integer number of Hz, got {rate!r}")
+    if not MIN_SAMPLE_RATE <= rate <= max_rate:
+        raise ValueError(f"sample rate {rate} Hz is outside the accepted {MIN_SAMPLE_RATE}-{max_rate} Hz")
     if samples.ndim == 2 and samples.shape[1] > 16:
         raise ValueError(
             f"audio array must be [samples] or [samples, channels] (<= 16 channels); got shape {samples.shape} "

@@ -59,6 +59,12 @@ class Vocabulary:
         self._dropped = {self.ids[BOS], self.ids[EOS], self.ids["<pad>"]}
         self._runs = {self.ids["<boi>"]: (self.ids["<eoi>"], IMAGE), self.ids["<boa>"]: (self.ids["<eoa>"], AUDIO)}
 
+    def is_token(self) -> np.ndarray:
+        """bool [size]: the ids that are tokens. The text range can be wider than its SentencePiece
+        model (a small corpus yields fewer pieces), and ids past `real_size` only pad the table."""
+        ids = np.arange(self.size)
+        return (ids < self.text.size) | ((ids >= self.image_offset) & (ids < self.real_size))
+
     # ---- encoding -------------------------------------------------------------------------
     def encode(self, segments: Sequence[Segment], bos: bool = True, eos: bool = True) -> Encoded:
         """<bos> segments... <eos>. The <eos> is trained when the last segment is; <bos> never is."""

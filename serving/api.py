@@ -33,9 +33,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.media import BadInput
 from serving.prompts import Prompt, chat_prompt, completion_prompts
-from serving.scheduler import QueueFull, Token
+from serving.scheduler import QueueFull, SchedulerDown, Token
 from serving.scheduler import Request as EngineRequest
-from serving.schemas import ChatRequest, CompletionRequest
+from serving.schemas import ChatRequest, CompletionRequest, describe_error
 from serving.text_stream import TextStream
 
 
@@ -51,18 +51,28 @@ class Guard:
 
     The key: with `server.api_key` set, every route but /health wants `Authorization: Bearer KEY`.
     The body is read up to `serve.max_body_bytes` before the app sees it, counting what arrives
-    (not trusting Content-Length), so chunked uploads are bounded too, then replayed to the app;
+    (not trusting Content-Length), so chunked uploads are bounded too, and within
+    `serve.body_timeout_s` (408 past it: a client that sends a byte now and then holds nothing
+    for long); then it is replayed to the app;
     later receives pass through, so disconnects are still seen. Pure ASGI rather than Starlette's
     BaseHTTPMiddleware, which relays every streamed chunk through an extra task.
     """
 
     def __init__(self, app, server):
         self.app, self.server = app, server
+        self.routes: set[str] | None = None
+
+    def _route(self, scope) -> str:
+        """The metrics label: a route the app serves, else "unmatched" (never the raw path, which a
+        client picks: a label per path would grow /metrics without bound)."""
+        if self.routes is None:
+            self.routes = {route.path for route in scope["app"].routes}
+        return scope["path"] if scope["path"] in self.routes else "unmatched"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        route, metrics = scope["path"], self.server.metrics
+        route, metrics = self._route(scope), self.server.metrics
 
         async def counted_send(message):
             if message["type"] == "http.response.start":
@@ -77,8 +87,15 @@ class Guard:
                                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
                 return await response(scope, receive, counted_send)
         chunks, size, more = [], 0, True
+        deadline = asyncio.get_running_loop().time() + self.server.cfg.serve.body_timeout_s
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+            except TimeoutError:
+                response = error_response(408, f"the request body did not arrive within serve.body_timeout_s="
+                                          f"{self.server.cfg.serve.body_timeout_s} s", code="body_timeout",
+                                          headers={"Connection": "close"})
+                return await response(scope, receive, counted_send)
             if message["type"] == "http.disconnect":
                 return
             chunks.append(message.get("body", b""))
@@ -176,6 +193,10 @@ class Generation:
                 self.cancel()
                 raise ApiError(429, f"the server is busy: {error}; retry shortly", code="queue_full",
                                kind="rate_limit_error", headers={"Retry-After": "1"}) from None
+            except SchedulerDown as error:
+                self.cancel()
+                raise ApiError(503, f"the scheduler has stopped ({error}); the server must be restarted",
+                               code="scheduler_down", kind="server_error") from None
 
     def cancel(self, reason: str = "cancelled") -> None:
         if self.deadline is not None:
@@ -241,11 +262,12 @@ def make_app(server) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_, error: RequestValidationError):
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-        if first.get("type") == "json_invalid":
+        errors = error.errors()
+        if errors[0].get("type") == "json_invalid":
+            first = errors[0]
             return error_response(400, f"the body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}")
-        return error_response(400, f"{where or 'body'}: {first['msg']}", param=where or None, code=first.get("type"))
+        param, message = describe_error(errors)
+        return error_response(400, message, param=param, code="invalid_value")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_, error: StarletteHTTPException):
@@ -259,6 +281,9 @@ def make_app(server) -> FastAPI:
     async def health():
         if not server.ready:
             return error_response(503, "warming up: compiling the engine", kind="server_error", code="not_ready")
+        if not server.scheduler.alive:
+            return error_response(503, f"the scheduler has stopped ({server.scheduler.died or 'not running'}); "
+                                  "restart the server", kind="server_error", code="scheduler_down")
         return {"status": "ok", "slots": server.scheduler.engine.slots, "slots_in_use": server.scheduler.slots_in_use}
 
     @app.get("/metrics")
@@ -274,9 +299,9 @@ def make_app(server) -> FastAPI:
     async def completions(body: CompletionRequest, request: Request):
         _check_model(server, body.model)
         try:
-            prompts = completion_prompts(server, body)
+            prompts = await asyncio.to_thread(completion_prompts, server, body)  # tokenizing: off the event loop
         except BadInput as error:
-            raise ApiError(400, str(error), param=error.param) from None
+            raise ApiError(400, str(error), param=error.param, code=error.code) from None
         prompts = _with_budget(server, prompts, body.max_tokens or 16, "max_tokens")  # OpenAI's default: 16
         return await _respond(server, request, body, prompts, chat=False)
 
@@ -286,7 +311,7 @@ def make_app(server) -> FastAPI:
         try:
             prompt = await asyncio.to_thread(chat_prompt, server, body)
         except BadInput as error:
-            raise ApiError(400, str(error), param=error.param, code="invalid_content") from None
+            raise ApiError(400, str(error), param=error.param, code=error.code) from None
         # A picture is always one image's worth of codes, whatever max_tokens says.
         budget = prompt.params.max_tokens if prompt.kind == "image" else body.max_completion_tokens or body.max_tokens
         return await _respond(server, request, body, _with_budget(server, [prompt], budget, "max_tokens"), chat=True)

@@ -117,8 +117,12 @@ def _stopped(tokens_b, remaining_b, positions_b, stop_ids_bs, cache_len):
 
 class Engine:
     def __init__(self, cfg: ModelConfig, graphdef: nnx.GraphDef, state: nnx.State, mesh: jax.sharding.Mesh,
-                 slots: int, cache_len: int, eos_id: int, real_vocab: int, int8_weights: bool = False):
+                 slots: int, cache_len: int, eos_id: int, real_vocab: int, int8_weights: bool = False,
+                 is_token: np.ndarray | None = None):
         self.cfg, self.mesh, self.int8_weights = cfg, mesh, int8_weights
+        # Which ids are tokens (bool [vocab]): ids past `real_vocab` pad the table, and a text range
+        # can be wider than its SentencePiece model. No request ever produces an id that is no token.
+        self.is_token = np.arange(cfg.vocab_size) < real_vocab if is_token is None else np.asarray(is_token, bool)
         with jax.set_mesh(mesh):  # the engine's mesh, whatever mesh the caller works under
             self.graphdef, state = prepare_for_decoding(cfg, graphdef, state, int8_weights)
         # The weights travel as a flat list of arrays: jit flattens that in C++, where an nnx.State
@@ -155,7 +159,7 @@ class Engine:
         last_1 = jnp.reshape(length - 1, (1,))
         logits_11v, cache = forward(self.graphdef, self._state(weights), tokens_1t, positions_1t, segments_1t, cache,
                                     logits_at_b=last_1)
-        first = sample(logits_11v[:, 0], rows, last_1 + 1)
+        first = sample(logits_11v[:, 0], rows, last_1 + 1, self.is_token)
         return Prefix(k=cache.k, v=cache.v, length=length, first=first, rows=rows, remaining=remaining,
                       stop_ids=stop_ids_s)
 
@@ -189,7 +193,7 @@ class Engine:
         active_b = decode.active & live_b
         logits_b1v, cache = forward(self.graphdef, self._state(weights), decode.tokens[:, None], decode.positions[:, None],
                                     active_b[:, None].astype(jnp.int32), decode.cache)
-        out = sample(logits_b1v[:, 0], decode.rows, decode.positions + 1)
+        out = sample(logits_b1v[:, 0], decode.rows, decode.positions + 1, self.is_token)
         remaining_b = decode.remaining - active_b
         stopped_b = _stopped(out.tokens, remaining_b, decode.positions, decode.stop_ids, self.cache_len)
         decode = decode.replace(
@@ -244,7 +248,7 @@ class Engine:
             raise ValueError(f"at most {MAX_STOP_IDS - 1} stop ids besides <eos>, got {len(params.stop_ids)}")
         allowed = params.allowed or (0, self.real_vocab)
         rows = SamplingRows(temperature=np.array([params.temperature], np.float32),
-                            top_k=np.array([params.top_k], np.int32), top_p=np.array([params.top_p], np.float32),
+                            top_k=np.array([min(params.top_k, self.real_vocab)], np.int32), top_p=np.array([params.top_p], np.float32),
                             seed=np.array([params.seed % 2**32], np.uint32), allowed=np.array([allowed], np.int32),
                             report=np.array([params.logprobs]))
         return rows, np.array(stop + (-1,) * (MAX_STOP_IDS - len(stop)), np.int32)

@@ -2,19 +2,28 @@
 
 Images come as `data:image/png;base64,...` or `data:image/jpeg;base64,...` URLs. A remote URL
 is refused unless its host is on the allow-list the operator passed (`--allow-image-host`), so
-the server never fetches whatever a caller points it at; an allowed one is fetched with a
-timeout and the same size limit as a request body. Audio comes as base64 WAV. Every failure
-raises `BadInput` naming the part and what is wrong with it.
+the server never fetches whatever a caller points it at. An allowed host is fetched once, from
+the address its name resolved to, and only if that address is public (loopback, private,
+link-local and other special ranges are refused unless `--allow-private-image-addresses`);
+a redirect is refused rather than followed (it could point anywhere), and the whole fetch has
+one deadline and the same size limit as a request body. Audio comes as base64 WAV. Every
+failure raises `BadInput` naming the part and what is wrong with it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import http.client
 import io
+import ipaddress
 import re
+import socket
+import ssl
+import threading
+import time
 import urllib.parse
-import urllib.request
 
 import numpy as np
 from PIL import Image
@@ -26,9 +35,18 @@ IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg")
 
 
 class BadInput(ValueError):
-    def __init__(self, message: str, param: str | None = None):
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid_content"):
         super().__init__(message)
-        self.param = param
+        self.param, self.code = param, code
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchPolicy:
+    """Where remote images may come from (serve.py's flags) and how long one fetch may take."""
+
+    hosts: tuple[str, ...] = ()  # --allow-image-host
+    private_addresses: bool = False  # --allow-private-image-addresses
+    timeout_s: float = 10.0  # serve.fetch_timeout_s
 
 
 def _b64(data: str, param: str) -> bytes:
@@ -38,7 +56,7 @@ def _b64(data: str, param: str) -> bytes:
         raise BadInput(f"{param}: not valid base64 ({error})", param) from None
 
 
-def image_bytes(url: str, param: str, allowed_hosts: tuple[str, ...], max_bytes: int) -> bytes:
+def image_bytes(url: str, param: str, policy: FetchPolicy, max_bytes: int) -> bytes:
     """The encoded image a content part's URL names."""
     if url.startswith("data:"):
         match = _DATA_URL.fullmatch(url.strip())
@@ -47,20 +65,79 @@ def image_bytes(url: str, param: str, allowed_hosts: tuple[str, ...], max_bytes:
         if (match["mime"] or "").lower() not in IMAGE_TYPES:
             raise BadInput(f"{param}: unsupported image type {match['mime']!r}; send one of {IMAGE_TYPES}", param)
         return _b64(match["data"], param)
-    parsed = urllib.parse.urlparse(url)
+    try:
+        parsed = urllib.parse.urlparse(url)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    except ValueError as error:
+        raise BadInput(f"{param}: not a URL ({error})", param) from None
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise BadInput(f"{param}: expected a data: URL or an http(s) URL, got {url[:60]!r}", param)
-    if parsed.hostname not in allowed_hosts:
+    if parsed.hostname not in policy.hosts:
         raise BadInput(f"{param}: remote images are not fetched from {parsed.hostname!r} (the server's "
-                       f"--allow-image-host list: {list(allowed_hosts) or 'empty'}); send the image as a data: URL", param)
+                       f"--allow-image-host list: {list(policy.hosts) or 'empty'}); send the image as a data: URL", param)
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            data = response.read(max_bytes + 1)
-    except OSError as error:
+        return _fetch(parsed, port, policy, max_bytes)
+    except BadInput as error:
         raise BadInput(f"{param}: could not fetch {url[:100]!r}: {error}", param) from None
+    except (OSError, http.client.HTTPException) as error:
+        raise BadInput(f"{param}: could not fetch {url[:100]!r}: {type(error).__name__}: {error}", param) from None
+
+
+def _fetch(url: urllib.parse.ParseResult, port: int, policy: FetchPolicy, max_bytes: int) -> bytes:
+    """GET `url` from the address its host resolves to, once checked; no redirects; one deadline.
+
+    The connection goes to the checked address itself (not the name again), so a DNS answer that
+    changes between the check and the connect cannot move the fetch elsewhere. The deadline is a
+    timer that shuts the socket, which also ends a server that trickles its reply a byte at a time.
+    """
+    deadline = time.monotonic() + policy.timeout_s
+    addresses = {info[4][0] for info in socket.getaddrinfo(url.hostname, port, type=socket.SOCK_STREAM)}
+    if not policy.private_addresses:
+        for address in sorted(addresses):
+            ip = ipaddress.ip_address(address.split("%")[0])
+            if not ip.is_global:
+                raise BadInput(f"{url.hostname!r} resolves to {address}, which is not a public address; the server "
+                               "fetches only from public addresses (--allow-private-image-addresses to allow others)")
+    address = sorted(addresses)[0]
+    remaining = deadline - time.monotonic()
+    held = [socket.create_connection((address, port), timeout=max(remaining, 0.001))]  # the timer shuts held[0]
+    timer = threading.Timer(max(deadline - time.monotonic(), 0.0), lambda: _shut(held[0]))
+    timer.start()
+    try:
+        if url.scheme == "https":
+            held[0] = ssl.create_default_context().wrap_socket(held[0], server_hostname=url.hostname)
+        connection = http.client.HTTPConnection(url.hostname, port)
+        connection.sock = held[0]  # already connected to the checked address
+        connection.request("GET", (url.path or "/") + (f"?{url.query}" if url.query else ""),
+                           headers={"Accept": "image/png, image/jpeg"})
+        response = connection.getresponse()
+        if 300 <= response.status < 400:
+            raise BadInput(f"it answered {response.status} {response.reason} (to {response.getheader('Location')!r}); "
+                           "redirects are not followed: give the image's own URL")
+        if response.status != 200:
+            raise BadInput(f"it answered {response.status} {response.reason}")
+        data = b""
+        while len(data) <= max_bytes and (chunk := response.read(min(65536, max_bytes + 1 - len(data)))):
+            data += chunk
+    except OSError:
+        if time.monotonic() >= deadline:
+            raise BadInput(f"it took over serve.fetch_timeout_s={policy.timeout_s} s") from None
+        raise
+    finally:
+        timer.cancel()
+        held[0].close()
+    if time.monotonic() >= deadline:
+        raise BadInput(f"it took over serve.fetch_timeout_s={policy.timeout_s} s")
     if len(data) > max_bytes:
-        raise BadInput(f"{param}: the image at {url[:100]!r} is over {max_bytes} bytes", param)
+        raise BadInput(f"the image is over {max_bytes} bytes")
     return data
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # wakes a recv blocked in another thread; close() alone does not
+    except OSError:
+        pass
 
 
 def check_image(data: bytes, param: str) -> bytes:
@@ -72,12 +149,14 @@ def check_image(data: bytes, param: str) -> bytes:
     return data
 
 
-def audio_waveform(data: str, audio_format: str, param: str, sample_rate: int, max_seconds: float) -> np.ndarray:
-    """float32 mono samples at `sample_rate` from base64 WAV."""
+def audio_waveform(data: str, audio_format: str, param: str, sample_rate: int, max_seconds: float,
+                   max_rate: int) -> np.ndarray:
+    """float32 mono samples at `sample_rate` from base64 WAV recorded at up to `max_rate` Hz."""
     if audio_format != "wav":
         raise BadInput(f"{param}: unsupported audio format {audio_format!r}; send 'wav'", param)
     try:
-        return media.prepare_audio(_b64(data, param), max_seconds=max_seconds, target_rate=sample_rate)
+        return media.prepare_audio(_b64(data, param), max_seconds=max_seconds, target_rate=sample_rate,
+                                   max_rate=max_rate)
     except BadInput:
         raise
     except ValueError as error:

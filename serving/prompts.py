@@ -35,20 +35,24 @@ def sampling_params(body: Sampling) -> SamplingParams:
 
 
 def completion_prompts(server, body: CompletionRequest) -> list[Prompt]:
-    """A string, a list of strings, a token list or a list of token lists: one prompt each."""
-    bos = server.vocab.ids["<bos>"]
+    """A string, a list of strings, a token list or a list of token lists: one prompt each.
+    Tokenizes: call it off the event loop."""
+    bos, limits = server.vocab.ids["<bos>"], server.cfg.serve
     prompt = body.prompt
     if isinstance(prompt, str) or (prompt and isinstance(prompt[0], str)):
         texts = [prompt] if isinstance(prompt, str) else prompt
+        _check_count(len(texts), body.n, server)
+        _check_chars(sum(map(len, texts)), "prompt", limits.max_prompt_chars)
         id_lists = [server.vocab.encode([Text(t)], bos=True, eos=False).ids for t in texts]
     else:
         lists = [prompt] if not prompt or isinstance(prompt[0], int) else prompt
+        _check_count(len(lists), body.n, server)
         id_lists = []
         for i, ids in enumerate(lists):
-            ids = np.asarray(ids, np.int64)
-            if ids.size and (ids.min() < 0 or ids.max() >= server.real_vocab):
+            # Checked as Python ints: a JSON number can be any size, and numpy refuses past 2**63.
+            if any(not 0 <= t < server.real_vocab for t in ids):
                 raise BadInput(f"prompt[{i}]: token ids must lie in [0, {server.real_vocab})", "prompt")
-            id_lists.append(np.concatenate([[bos], ids]).astype(np.int32))
+            id_lists.append(np.array([bos, *ids], np.int32))
     if not id_lists:
         raise BadInput("prompt: needs at least one prompt", "prompt")
     return [Prompt(ids, sampling_params(body)) for ids in id_lists]
@@ -58,24 +62,25 @@ def chat_prompt(server, body: ChatRequest) -> Prompt:
     """The conversation as one prompt (runs the image and audio tokenizers: call it off the event loop)."""
     if set(body.modalities) == {"text", "image"}:
         raise BadInput("modalities: ask for one output modality per request, ['text'] or ['image']", "modalities")
+    _check_count(1, body.n, server)
+    parts = [(f"messages[{m}].content" + ("" if isinstance(message.content, str) else f"[{p}]"), part)
+             for m, message in enumerate(body.messages)
+             for p, part in enumerate([message.content] if isinstance(message.content, str) else message.content or [])]
+    _check_fits(server, parts)
     segments = []
-    for m, message in enumerate(body.messages):
-        parts = [message.content] if isinstance(message.content, str) else (message.content or [])
-        for p, part in enumerate(parts):
-            where = f"messages[{m}].content[{p}]"
-            if isinstance(part, str):
-                segments.append(Text(part))
-            elif part.type == "text":
-                segments.append(Text(part.text))
-            elif part.type == "image_url":
-                data = image_bytes(part.image_url.url, f"{where}.image_url.url", server.allowed_image_hosts,
-                                   server.max_body_bytes)
-                segments.append(Image(codes=_image_codes(server, data, f"{where}.image_url")))
-            else:
-                audio = server.cfg.tokenizers.audio
-                wave = audio_waveform(part.input_audio.data, part.input_audio.format, f"{where}.input_audio",
-                                      audio.sample_rate, audio.max_seconds)
-                segments.append(Audio(codes=server.vocab.audio.encode(wave)))
+    for where, part in parts:
+        if isinstance(part, str):
+            segments.append(Text(part))
+        elif part.type == "text":
+            segments.append(Text(part.text))
+        elif part.type == "image_url":
+            data = image_bytes(part.image_url.url, f"{where}.image_url.url", server.fetch_policy, server.max_body_bytes)
+            segments.append(Image(codes=_image_codes(server, data, f"{where}.image_url")))
+        else:
+            audio = server.cfg.tokenizers.audio
+            wave = audio_waveform(part.input_audio.data, part.input_audio.format, f"{where}.input_audio",
+                                  audio.sample_rate, audio.max_seconds, server.cfg.serve.max_audio_sample_rate)
+            segments.append(Audio(codes=server.vocab.audio.encode(wave)))
     ids = server.vocab.encode(segments, bos=True, eos=False).ids
     params = sampling_params(body)
     if body.modalities == ["image"]:
@@ -85,6 +90,39 @@ def chat_prompt(server, body: ChatRequest) -> Prompt:
                                      allowed=(vocab.image_offset, vocab.image_offset + vocab.image_codes))
         return Prompt(ids, params, kind="image")
     return Prompt(ids, params)
+
+
+def _check_count(prompts: int, n: int, server) -> None:
+    """Refuse a request that could never be queued, before any work: 400s naming the limit."""
+    limits = server.cfg.serve
+    if prompts > limits.max_prompts:
+        raise BadInput(f"prompt: {prompts} prompts is over the limit of {limits.max_prompts} per request "
+                       "(serve.max_prompts)", "prompt", "too_many_prompts")
+    if prompts * n > limits.max_queue:
+        raise BadInput(f"n: {prompts} prompt(s) x n={n} is {prompts * n} generations, more than the server ever "
+                       f"queues (serve.max_queue={limits.max_queue})", "n", "too_many_choices")
+
+
+def _check_chars(chars: int, param: str, limit: int) -> None:
+    if chars > limit:
+        raise BadInput(f"{param}: {chars} characters of text is over the limit of {limit} per request "
+                       "(serve.max_prompt_chars)", param, "prompt_too_long")
+
+
+def _check_fits(server, parts: list) -> None:
+    """Refuse what cannot fit the context before decoding any media: a picture is always the same
+    number of tokens, a clip at least one code between its two symbols."""
+    texts = [part if isinstance(part, str) else part.text for _, part in parts
+             if isinstance(part, str) or part.type == "text"]
+    _check_chars(sum(map(len, texts)), "messages", server.cfg.serve.max_prompt_chars)
+    images = sum(not isinstance(part, str) and part.type == "image_url" for _, part in parts)
+    clips = sum(not isinstance(part, str) and part.type == "input_audio" for _, part in parts)
+    least = 1 + images * (server.vocab.image.length + 2) + clips * 3  # <bos>, then each picture and clip
+    cache_len = server.cfg.serve.max_cache_len
+    if least >= cache_len:
+        raise BadInput(f"messages: {images} picture(s) and {clips} clip(s) take at least {least} tokens; the limit "
+                       f"is {cache_len - 1} (serve.max_cache_len={cache_len}, less one token to generate)",
+                       "messages", "context_length_exceeded")
 
 
 def _image_codes(server, data: bytes, where: str) -> np.ndarray:

@@ -98,11 +98,14 @@ def top_candidates(logits_bv: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     return values_bk, ids_bk
 
 
-def sample(logits_bv: jax.Array, rows: SamplingRows, positions_b: jax.Array) -> Sampled:
-    """The next token of every row, and the log-probabilities the API reports."""
+def sample(logits_bv: jax.Array, rows: SamplingRows, positions_b: jax.Array, is_token_v=None) -> Sampled:
+    """The next token of every row, and the log-probabilities the API reports. Only ids in the row's
+    allowed range that are tokens (`is_token_v`, bool [V]; None: every id) can come out."""
     vocab = logits_bv.shape[-1]
     ids_1v = jnp.arange(vocab, dtype=jnp.int32)[None, :]
     inside_bv = (ids_1v >= rows.allowed[:, :1]) & (ids_1v < rows.allowed[:, 1:])
+    if is_token_v is not None:
+        inside_bv = inside_bv & jnp.asarray(is_token_v)[None, :]
     logits_bv = jnp.where(inside_bv, logits_bv.astype(jnp.float32), -jnp.inf)
     drawn = jnp.any(rows.temperature > 0) | jnp.any(rows.report)
     return jax.lax.cond(drawn, _drawn, _greedy, logits_bv, rows, positions_b)

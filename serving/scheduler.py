@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import threading
 import time
 import traceback
@@ -51,6 +52,10 @@ class QueueFull(Exception):
     pass
 
 
+class SchedulerDown(Exception):
+    pass
+
+
 @dataclasses.dataclass(eq=False)
 class Request:
     prompt: np.ndarray
@@ -71,10 +76,13 @@ class Scheduler:
         self.in_flight = None  # (step outputs on the device, the slots' requests when it was dispatched)
         self.running = False
         self.thread: threading.Thread | None = None
+        self.died: str | None = None  # why the thread stopped, if it stopped while running
 
     # ---- called from any thread ---------------------------------------------------------------
     def submit(self, request: Request) -> None:
         with self.wake:
+            if self.died is not None:
+                raise SchedulerDown(self.died)
             if len(self.waiting) >= self.max_queue:
                 raise QueueFull(f"{len(self.waiting)} requests are waiting (serve.max_queue={self.max_queue})")
             self.waiting.append(request)
@@ -106,21 +114,35 @@ class Scheduler:
             self._turn()
 
     @property
+    def alive(self) -> bool:
+        """The thread runs and takes requests (false before `start` and after it died)."""
+        return self.thread is not None and self.thread.is_alive() and self.died is None
+
+    @property
     def slots_in_use(self) -> int:
         return sum(r is not None for r in self.slots)
 
     # ---- the loop (scheduler thread) ----------------------------------------------------------
     def _run(self) -> None:
-        while self.running:
-            try:
-                self._turn()
-            except Exception:  # a bug must not wedge the server: fail what is in flight, start clean
-                error = traceback.format_exc(limit=3)
-                for request in [r for r in self.slots if r is not None]:
-                    self._finish(request, Finished("error", error))
-                self.slots = [None] * self.engine.slots
-                self.in_flight = None
-                self.engine.reset()
+        try:
+            while self.running:
+                try:
+                    self._turn()
+                except Exception:  # a bug must not wedge the server: fail what is in flight, start clean
+                    error = traceback.format_exc(limit=3)
+                    for request in [r for r in self.slots if r is not None]:
+                        self._finish(request, Finished("error", error))
+                    self.slots = [None] * self.engine.slots
+                    self.in_flight = None
+                    self.engine.reset()
+        except BaseException as error:  # the engine cannot even reset: fail everything, and say so on /health
+            with self.wake:
+                self.died = f"{type(error).__name__}: {error}"
+                stranded = [r for r in self.slots if r is not None] + list(self.waiting)
+                self.waiting.clear()
+            for request in stranded:
+                self._finish(request, Finished("error", f"the scheduler stopped: {self.died}"))
+            logging.getLogger(__name__).exception("the scheduler stopped; /health now answers 503")
 
     def _turn(self) -> None:
         with self.wake:

@@ -9,7 +9,7 @@ from configs.base import Config
 from data.segments import Image, Text
 from data.vocab import Vocabulary
 from serving.engine import Engine
-from serving.media import png_data_url
+from serving.media import FetchPolicy, png_data_url
 from serving.metrics import ServingMetrics
 from serving.scheduler import Scheduler
 from tokenization.text import EOS
@@ -22,7 +22,7 @@ class Server:
     engine: Engine
     model_name: str
     api_key: str | None = None
-    allowed_image_hosts: tuple[str, ...] = ()
+    fetch_policy: FetchPolicy = FetchPolicy()  # remote image_url parts: none fetched by default
 
     def __post_init__(self):
         self.metrics = ServingMetrics()
@@ -56,6 +56,8 @@ class Server:
             return f"<audio:{token - self.vocab.audio_offset}>"
         if token >= self.vocab.image_offset:
             return f"<image:{token - self.vocab.image_offset}>"
+        if not 0 <= token < self.vocab.text.size:  # never sampled (Engine.is_token); reported all the same
+            return f"<unused:{token}>"
         return self.vocab.text.processor.id_to_piece(token).replace("\u2581", " ")
 
     def picture_url(self, codes_as_ids) -> str | None:
@@ -68,6 +70,6 @@ class Server:
 def make_server(cfg: Config, vocab: Vocabulary, graphdef, state, mesh, **kwargs) -> Server:
     engine = Engine(cfg.model, graphdef, state, mesh, cfg.serve.slots, cfg.serve.max_cache_len,
                     eos_id=vocab.ids[EOS], real_vocab=vocab.real_size,
-                    int8_weights=cfg.serve.int8_weights)
+                    int8_weights=cfg.serve.int8_weights, is_token=vocab.is_token())
     return Server(cfg, vocab, engine, model_name=kwargs.pop("model_name", cfg.name), **kwargs)
 

@@ -52,3 +52,15 @@ def vocab():
     return Vocabulary(text, WORLD_MODEL, image=BlockColourCodec(), audio=FrameLevelCodec())
 
 
+
+
+@pytest.fixture(scope="session")
+def live(vocab):
+    """A served random-init model on uvicorn, configured as serve.py does (tests/serving_helpers.py)."""
+    from parallel.sharding import make_mesh
+    from serving.server import make_server
+    from tests.serving_helpers import SERVE_CFG, served_model, serving_live
+
+    graphdef, state = served_model()
+    with serving_live(make_server(SERVE_CFG, vocab, graphdef, state, make_mesh(SERVE_CFG.mesh))) as server:
+        yield server

@@ -13,107 +13,19 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 
 from data.segments import Text
 from parallel.sharding import make_mesh
-from serving.api import make_app
 from serving.server import make_server
 from serving.text_stream import TextStream
-from tests.serving_helpers import SERVE_CFG, replace_serve, served_model
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclasses.dataclass
-class Live:
-    server: object
-    port: int
-
-    def call(self, method: str, path: str, body=None, headers=None, timeout=60):
-        """(status, headers, parsed JSON or raw text)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
-        conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
-        response = conn.getresponse()
-        raw = response.read().decode()
-        conn.close()
-        try:
-            return response.status, response.headers, json.loads(raw)
-        except json.JSONDecodeError:
-            return response.status, response.headers, raw
-
-    def post(self, path, body, **kwargs):
-        return self.call("POST", path, body, **kwargs)
-
-    def events(self, path, body) -> list[dict]:
-        status, _, raw = self.post(path, {**body, "stream": True})
-        assert status == 200, raw
-        lines = [line[len("data: "):] for line in raw.split("\n\n") if line.startswith("data: ")]
-        assert lines[-1] == "[DONE]"
-        return [json.loads(line) for line in lines[:-1]]
-
-    def healthy(self) -> dict:
-        status, _, body = self.call("GET", "/health")
-        assert status == 200, body
-        return body
-
-    def wait_idle(self, seconds: float = 10.0) -> None:
-        deadline = time.time() + seconds
-        while self.healthy()["slots_in_use"] and time.time() < deadline:
-            time.sleep(0.02)
-        assert self.healthy()["slots_in_use"] == 0, "a slot is still held"
-
-
-@pytest.fixture(scope="module")
-def live(vocab):
-    graphdef, state = served_model()
-    server = make_server(SERVE_CFG, vocab, graphdef, state, make_mesh(SERVE_CFG.mesh))
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(make_app(server), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    live = Live(server, port)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        with contextlib.suppress(OSError):
-            if live.call("GET", "/health")[0] == 200:
-                break
-        time.sleep(0.1)
-    yield live
-    uv.should_exit = True
-    thread.join(timeout=30)
-
-
-def png_bytes(colour=(220, 40, 40), size=32) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (size, size), colour).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def wav_bytes(seconds=1.0, rate=16000) -> bytes:
-    t = np.arange(int(seconds * rate)) / rate
-    samples = (0.3 * np.sin(2 * np.pi * 697 * t) * 32767).astype(np.int16)
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate), w.writeframes(samples.tobytes())
-    return buffer.getvalue()
-
-
-def data_url(data: bytes, mime="image/png") -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+from tests.serving_helpers import (SERVE_CFG, Live, data_url, free_port, png_bytes, replace_serve, served_model,
+                                   serving_live, wav_bytes)
 
 
 # ---- the routes ------------------------------------------------------------------------------
@@ -135,22 +47,15 @@ def test_health_models_and_prometheus_metrics(live):
 def test_health_is_503_until_the_engine_is_warm(vocab):
     graphdef, state = served_model()
     server = make_server(SERVE_CFG, vocab, graphdef, state, make_mesh(SERVE_CFG.mesh))
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(make_app(server), host="127.0.0.1", port=port, log_level="warning"))
     server.engine.warm_up = lambda: time.sleep(3)  # a slow compile, so the window is wide enough to see
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    try:
+    with serving_live(server, wait=False) as live:
         statuses = []
         deadline = time.time() + 30
         while time.time() < deadline and 200 not in statuses:
             with contextlib.suppress(OSError):
-                statuses.append(Live(server, port).call("GET", "/health")[0])
+                statuses.append(live.call("GET", "/health")[0])
             time.sleep(0.1)
         assert statuses[0] == 503 and statuses[-1] == 200
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=30)
 
 
 def test_a_completion_follows_the_openai_shape(live):
@@ -259,35 +164,6 @@ def test_asking_for_an_image_returns_a_png_data_url_made_from_image_codes(live):
     assert picture.size == (32, 32)
     tokens = [t["token"] for t in body["choices"][0]["logprobs"]["content"]]
     assert len(tokens) == 64 and all(t.startswith("<image:") for t in tokens)
-
-
-def test_a_remote_image_is_fetched_only_from_an_allowed_host(live):
-    image = png_bytes((40, 70, 220))
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.end_headers()
-            self.wfile.write(image)
-
-        def log_message(self, *args):
-            pass
-
-    origin = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=origin.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{origin.server_address[1]}/picture.png"
-    body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}],
-            "max_tokens": 2}
-    try:
-        status, _, refused = live.post("/v1/chat/completions", body)
-        assert status == 400 and "allow-image-host" in refused["error"]["message"]
-        live.server.allowed_image_hosts = ("127.0.0.1",)
-        status, _, fetched = live.post("/v1/chat/completions", body)
-        assert status == 200, fetched
-    finally:
-        live.server.allowed_image_hosts = ()
-        origin.shutdown()
 
 
 # ---- limits and bad input --------------------------------------------------------------------

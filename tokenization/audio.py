@@ -146,7 +146,11 @@ class Conv1D(nnx.Module):
         self.kernel_wio = param(rngs, (kernel, in_ch, out_ch), (None, None, None), std, jnp.float32)
         self.bias_o = nnx.Param(jnp.zeros((out_ch,), jnp.float32), out_sharding=(None,), eager_sharding=False)
 
-    def __call__(self, x_btc: jax.Array) -> jax.Array:
+    def __call__(self, x_btc: jax.Array, valid_bt1: jax.Array | None = None) -> jax.Array:
+        """`valid_bt1`: the frames that are the clip's (the rest pad a shape bucket). They are zeroed
+        first, so the clip's frames see exactly the zeros SAME padding gives at its own end."""
+        if valid_bt1 is not None:
+            x_btc = jnp.where(valid_bt1, x_btc, 0.0)
         y_btc = jax.lax.conv_general_dilated(
             x_btc, self.kernel_wio[...], (1,), "SAME", dimension_numbers=("NWC", "WIO", "NWC")
         )
@@ -160,8 +164,8 @@ class ResBlock(nnx.Module):
         self.conv1 = Conv1D(ch, ch, kernel, rngs)
         self.conv2 = Conv1D(ch, ch, kernel, rngs, scale=0.1)
 
-    def __call__(self, x_btc):
-        return x_btc + self.conv2(jax.nn.silu(self.conv1(jax.nn.silu(x_btc))))
+    def __call__(self, x_btc, valid_bt1=None):
+        return x_btc + self.conv2(jax.nn.silu(self.conv1(jax.nn.silu(x_btc), valid_bt1)), valid_bt1)
 
 
 def fold_time(x_btc: jax.Array) -> jax.Array:
@@ -184,13 +188,18 @@ class Encoder(nnx.Module):
         self.downs = nnx.List([Conv1D(2 * ch[i], ch[i + 1], 1, rngs) for i in range(len(ch) - 1)])
         self.to_latent = Conv1D(ch[-1], len(cfg.levels), 1, rngs)
 
-    def __call__(self, x_btm):
-        x_btc = self.stem(x_btm)
+    def __call__(self, x_btm, frames_b=None):
+        """`frames_b`: each row's own frames, the rest padding (None: every frame is the clip's)."""
+        def valid(t):
+            return None if frames_b is None else (jnp.arange(t)[None, :] < frames_b[:, None])[..., None]
+
+        x_btc = self.stem(x_btm, valid(x_btm.shape[1]))
         for i, blocks in enumerate(self.stages):
             for block in blocks:
-                x_btc = block(x_btc)
+                x_btc = block(x_btc, valid(x_btc.shape[1]))
             if i < len(self.downs):
                 x_btc = self.downs[i](fold_time(jax.nn.silu(x_btc)))
+                frames_b = None if frames_b is None else frames_b // 2
         return self.to_latent(jax.nn.silu(x_btc))
 
 
@@ -242,9 +251,9 @@ class AudioTokenizer(nnx.Module):
         """Padded to whole tokens, so the target always matches the decoder's length."""
         return log_mel(_pad_to_tokens(waveform_bn, self.cfg), self.cfg)
 
-    def _quantized(self, log_mel_btm) -> jax.Array:
+    def _quantized(self, log_mel_btm, frames_b=None) -> jax.Array:
         x_btm = (log_mel_btm - self.cfg.log_mel_center) / self.cfg.log_mel_scale
-        return self.fsq.quantize(self.encoder(constrain(x_btm, ("batch", None, None))))
+        return self.fsq.quantize(self.encoder(constrain(x_btm, ("batch", None, None)), frames_b))
 
     def _log_mel_from_codes(self, codes_btc) -> jax.Array:
         return self.decoder(codes_btc) * self.cfg.log_mel_scale + self.cfg.log_mel_center
@@ -254,9 +263,12 @@ class AudioTokenizer(nnx.Module):
         log_mel_btm = self.log_mel(waveform_bn)
         return self._log_mel_from_codes(self._quantized(log_mel_btm)), log_mel_btm
 
-    def encode(self, waveform_bn) -> jax.Array:
-        """float waveform [B, N] or [N] at 16 kHz -> int32 codes [B, ceil(N / samples_per_token)]."""
-        return self.fsq.codes_to_indices(self._quantized(self.log_mel(waveform_bn)))
+    def encode(self, waveform_bn, tokens_b=None) -> jax.Array:
+        """float waveform [B, N] or [N] at 16 kHz -> int32 codes [B, ceil(N / samples_per_token)].
+        `tokens_b`: each row's own length in tokens, the rest zeros that pad a shape bucket; its
+        codes are exactly those of the row alone (the padding's are meaningless)."""
+        frames_b = None if tokens_b is None else tokens_b * (self.cfg.samples_per_token // self.cfg.hop)
+        return self.fsq.codes_to_indices(self._quantized(self.log_mel(waveform_bn), frames_b))
 
     def decode_log_mel(self, codes_bt) -> jax.Array:
         """int codes [B, T] -> log-mel [B, T * downsample, n_mels]."""
@@ -275,32 +287,35 @@ class AudioCodec:
     def __init__(self, model: AudioTokenizer):
         graphdef, state = nnx.split(model)
         self.cfg = model.cfg
-        self._encode = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode(x))
+        self._encode = jax.jit(lambda s, x, n: nnx.merge(graphdef, s).encode(x, n))
         self._decode = jax.jit(lambda s, c: nnx.merge(graphdef, s).decode(c))
         self.state = state
 
     def encode(self, waveform) -> np.ndarray:
         samples = prepare_audio(waveform, self.cfg.sample_rate, self.cfg.max_seconds)
-        return np.asarray(self._encode(self.state, samples[None]))[0].reshape(-1)
+        return self.encode_batch([samples], batch_size=1)[0]
 
     def encode_batch(self, waveforms: list, batch_size: int = 32) -> list[np.ndarray]:
-        """`encode` of many clips (float32 at the tokenizer's rate): clips of the same length in whole
-        tokens are encoded together, `batch_size` at a time (padded: one compiled shape per length).
-        A clip is zero-padded to whole tokens either way, so each gets the codes `encode` gives it."""
+        """`encode` of many clips (float32 at the tokenizer's rate), `batch_size` at a time. A clip is
+        zero-padded to a bucket of lengths (powers of two in tokens), so a few shapes compile
+        whatever lengths arrive; the encoder masks the padding, so each clip gets its own codes."""
         step = self.cfg.samples_per_token
-        padded = [np.pad(np.asarray(w, np.float32), (0, -len(w) % step)) for w in waveforms]
-        by_length: dict[int, list[int]] = {}
-        for index, clip in enumerate(padded):
-            by_length.setdefault(len(clip), []).append(index)
+        tokens = [max(1, -(-len(w) // step)) for w in waveforms]
+        by_bucket: dict[int, list[int]] = {}
+        for index, length in enumerate(tokens):
+            by_bucket.setdefault(1 << (length - 1).bit_length(), []).append(index)
         codes: list = [None] * len(waveforms)
-        for length, indices in by_length.items():
+        for bucket, indices in by_bucket.items():
             for i in range(0, len(indices), batch_size):
                 part = indices[i : i + batch_size]
-                batch = np.zeros((batch_size, length), np.float32)
-                batch[: len(part)] = [padded[j] for j in part]
-                out = np.asarray(self._encode(self.state, batch))
+                batch = np.zeros((batch_size, bucket * step), np.float32)
+                lengths = np.ones(batch_size, np.int32)
                 for row, j in enumerate(part):
-                    codes[j] = out[row].reshape(-1)
+                    batch[row, : len(waveforms[j])] = waveforms[j]
+                    lengths[row] = tokens[j]
+                out = np.asarray(self._encode(self.state, batch, lengths))
+                for row, j in enumerate(part):
+                    codes[j] = out[row].reshape(-1)[: tokens[j]]
         return codes
 
     def decode(self, codes: np.ndarray) -> np.ndarray:

@@ -169,7 +169,7 @@ class Evaluator:
         if self.engine is None:
             self.engine = Engine(self.cfg, graphdef, params, self.mesh, self.slots, self.cache_len,
                                  eos_id=self.vocab.ids[EOS], real_vocab=self.vocab.real_size,
-                                 int8_weights=self.int8_weights)
+                                 int8_weights=self.int8_weights, is_token=self.vocab.is_token())
         else:
             self.engine.load_weights(graphdef, params)
         return evaluate(self.engine, self.vocab, self.tasks)
