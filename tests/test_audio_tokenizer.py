@@ -11,7 +11,7 @@ from flax import nnx
 
 from data.world import detect_dtmf, render_dtmf, sample_symbols
 from configs.tokenizers import AudioTokenizerConfig
-from tokenization.audio import AudioTokenizer, istft, log_mel, mel_to_waveform, stft
+from tokenization.audio import AudioCodec, AudioTokenizer, istft, log_mel, mel_to_waveform, stft
 from training.fit_audio_tokenizer import train_audio_tokenizer
 from training.scores import edit_distance
 
@@ -90,3 +90,22 @@ def test_short_training_halves_the_mel_error():
     cfg = dataclasses.replace(AudioTokenizerConfig(), batch_size=16, warmup_steps=10)
     _, metrics = train_audio_tokenizer(cfg, steps=60, seed=0)
     assert metrics["final_loss"] < 0.5 * metrics["initial_loss"], metrics["losses"]
+
+
+def test_clips_of_any_length_share_a_few_compiled_shapes_and_keep_their_own_codes():
+    """The codec pads a clip to a bucket of lengths (powers of two in tokens) and masks the padding,
+    so a server compiles once per bucket, not once per length, and the codes are the clip's alone."""
+    cfg = AudioTokenizerConfig()
+    model = AudioTokenizer(cfg, nnx.Rngs(1))
+    codec = AudioCodec(model)
+    graphdef, state = nnx.split(model)
+    exact = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode(x))  # the clip alone, unpadded
+    rng = np.random.default_rng(0)
+    lengths = [1000, 7000, 8500, 9000, 9601, 12800, 20000, 25000, 31000]  # 2 to 49 tokens
+    clips = [rng.standard_normal(n).astype(np.float32) * 0.3 for n in lengths]
+    for clip in clips:
+        np.testing.assert_array_equal(codec.encode(clip), np.asarray(exact(state, clip[None]))[0])
+    batched = codec.encode_batch(clips, batch_size=4)
+    for clip, codes in zip(clips, batched):
+        np.testing.assert_array_equal(codes, codec.encode(clip))
+    assert codec._encode._cache_size() == 4 * 2  # 9 lengths, buckets of 2, 16, 32 and 64 tokens; batches of 1 and 4

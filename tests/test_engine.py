@@ -228,6 +228,16 @@ def test_a_greedy_batch_takes_the_likeliest_allowed_ids_and_reports_nothing(batc
     np.testing.assert_array_equal(limited.tokens, 20 + np.argmax(logits[:, 20:30], -1))
 
 
+def test_an_id_that_is_no_token_never_comes_out_however_likely():
+    logits = jax.random.normal(jax.random.key(7), (3, 50)).at[:, 10:20].set(50.0)  # ids 10-19: the likeliest by far
+    is_token = np.arange(50) < 10  # ... but no token (a text range wider than its SentencePiece pieces)
+    for temperature in (0.0, 1.0, 2.0):
+        out = sample(logits, rows(temperature=[temperature] * 3, seed=np.uint32([0, 1, 2]), report=[True] * 3),
+                     jnp.zeros(3, jnp.int32), is_token)
+        assert (np.asarray(out.tokens) < 10).all()
+        assert (np.asarray(out.top_ids) < 10).all()
+
+
 @pytest.mark.parametrize("vocab", [pytest.param(8192, marks=pytest.mark.slow), 5000,  # many blocks; a padded last block;
                                    pytest.param(63, marks=pytest.mark.slow)])  # a single block (each compiles: 1-2 s)
 def test_likeliest_is_argmax_with_the_lowest_id_among_equals(vocab):
