@@ -10,7 +10,10 @@ Stages, in order (`--stage all` runs the tokenizers when they are missing, then 
               jitted steps, orbax checkpoints, metrics.jsonl + TensorBoard, a
               progress bar and held-out evals (per-source losses; tasks answered
               through the serving engine: training/evaluate.py); re-running resumes
-Then a summary of the run: its last losses and eval accuracies, and the wall-clock time.
+Then a summary of the run (<workdir>/summary.json): its last losses and eval accuracies, and the
+wall-clock time. A run that SIGTERM (a preemption) stopped saves its checkpoint, says so in the
+summary (`"preempted": true` and its step) and exits with status 143 (128 + SIGTERM, what a shell
+reports for a process SIGTERM killed), not 0: re-running the same command resumes it.
 
 `--compile-only --topology v5p-1024` compiles the real train step for a TPU slice on this machine
 and reports per-chip HBM, FLOPs, the step-time bound and the MFU ceiling (training/compile_only.py).
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -36,6 +40,7 @@ import jax
 import tyro
 
 from checkpoints import load_vocabulary, tokenizers_exist
+from configs.base import Config
 from configs.cli import parse
 from data.mixture import ready_sources
 from parallel.aot import compile_on_cpu, compile_only
@@ -44,6 +49,8 @@ from parallel.sharding import make_mesh
 from training.compile_only import compile_train_step
 from training.lm_stage import train_lm
 from training.tokenizer_stage import train_tokenizers
+
+PREEMPTED = 128 + signal.SIGTERM  # 143: the exit status of a run SIGTERM stopped short
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,15 +117,24 @@ def main() -> None:
 
     if flags.stage in ("all", "lm"):
         last = train_lm(cfg, workdir, load_vocabulary(cfg, workdir))
-        if jax.process_index():
-            return  # process 0 reports for all of them
-        if not last:
-            print(f"the LM is already trained to train.steps={cfg.train.steps}; raise it to train further")
-            return
-        summary = {"preset": cfg.name, "wall_clock_s": round(time.perf_counter() - started, 1),
-                   **{k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()}}
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-        print("summary:", json.dumps(summary, indent=1))
+        if jax.process_index() == 0:  # process 0 reports for all of them
+            report(cfg, workdir, last, time.perf_counter() - started)
+        if last.get("preempted"):
+            sys.exit(PREEMPTED)
+
+
+def report(cfg: Config, workdir: Path, last: dict, seconds: float) -> None:
+    """Write <workdir>/summary.json from the LM's last metrics and print it."""
+    if not last:
+        print(f"the LM is already trained to train.steps={cfg.train.steps}; raise it to train further")
+        return
+    if last.get("preempted"):
+        print(f"preempted (SIGTERM) at step {last['step']} of {cfg.train.steps}, its checkpoint saved: exit status "
+              f"{PREEMPTED}; run the same command again to resume")
+    summary = {"preset": cfg.name, "wall_clock_s": round(seconds, 1),
+               **{k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()}}
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print("summary:", json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,11 @@
     <workdir>/tensorboard/          the same scalars as TensorBoard event files
 
 Re-running the same command resumes from the latest checkpoint (model, optimizer, step and the
-data iterator together). SIGTERM (a TPU preemption notice) saves and exits cleanly. A NaN or inf
-loss stops the run naming the step, after saving the last good state.
+data iterator together), first dropping the metrics (and TensorBoard events) of the steps a crash
+lost. SIGTERM (a TPU preemption notice) saves and returns metrics marked `"preempted": True`
+(train.py then exits 143). A NaN or inf loss, gradient or updated parameters stop the run naming the
+step and what was not finite, the last good state on disk. A checkpoint whose background write fails
+stops the run at the next step, naming it.
 
 Multi-host: every process runs this same loop in lockstep, reads its own share of the data and
 writes its own shards of each checkpoint (the workdir must be one shared filesystem); process 0
@@ -50,9 +53,30 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+class CheckpointFailed(RuntimeError):
+    pass
+
+
+def keep_metrics_through(path: Path, step: int) -> None:
+    """Drop the rows of `metrics.jsonl` past `step`: a run that crashed after its last checkpoint wrote
+    them, and the resumed run writes those steps again."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError):
+            pass  # a row the crash cut short
+    path.with_suffix(".tmp").write_text("".join(kept))
+    path.with_suffix(".tmp").replace(path)  # whole, even if this run is killed meanwhile
+
+
 def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, world: dict | None = None,
              log: Callable[[str], None] = print) -> dict:
-    """Train to `cfg.train.steps`, resuming from `workdir` if it holds a checkpoint; returns the last metrics.
+    """Train to `cfg.train.steps`, resuming from `workdir` if it holds a checkpoint; returns the last metrics,
+    with `"preempted": True` when SIGTERM stopped the run short of them (its checkpoint saved).
 
     The data are the mixture `cfg.data.sources` names (data/mixture.py). `world` holds the world's
     "train", "validation" and "compositional" data sources when it is not the default one under
@@ -94,10 +118,52 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, world: dict | None =
         state, start_step = restored["state"], int(restored["state"]["step"])
         log(f"resumed from {workdir / 'checkpoints'} at step {start_step} of {cfg.train.steps}")
 
+    writing = None  # the step of the checkpoint orbax is writing in the background
+
     def save(step: int) -> None:
+        nonlocal writing
+        check_written(wait=True)
         manager.save(step, force=True, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(batches),
             config=ocp.args.JsonSave(dataclasses.asdict(cfg))))
+        writing = step
+
+    def check_written(wait: bool = False) -> None:
+        """Raise CheckpointFailed if the last checkpoint's background write failed. Called every step
+        without waiting, so a full disk stops the run at once rather than at the next save."""
+        nonlocal writing
+        if writing is None or (not wait and manager.is_saving_in_progress()):
+            return
+        step, writing = writing, None
+        try:
+            manager.wait_until_finished()  # no wait when the write is over; raises its error
+        except Exception as error:
+            raise CheckpointFailed(f"the checkpoint at step {step} could not be written to {workdir / 'checkpoints'}: "
+                                   f"{type(error).__name__}: {error}") from error
+
+    def stop_non_finite(step: int, metrics: dict) -> NonFiniteLoss:
+        """The error for a non-finite step `step` (from 0), having left the last good state on disk.
+
+        The step kept its input, the state after `step` steps. If only its update overflowed, that
+        state's own loss and gradient were finite: it is saved, unless it already is (its data iterator
+        is past this step's batch). Otherwise that state is the bad one: a checkpoint of it, made just
+        before this step, is dropped (unless it is the only one) so that a re-run resumes from a good one.
+        """
+        bad = {name: float(metrics[name]) for name in ("loss", "grad_norm", "param_norm")
+               if not np.isfinite(metrics[name])}
+        kept_is_good = list(bad) == ["param_norm"]
+        check_written(wait=True)
+        if kept_is_good and step not in manager.all_steps():
+            save(step)
+            check_written(wait=True)
+        elif not kept_is_good and step in manager.all_steps() and len(manager.all_steps()) > 1:
+            manager.delete(step)
+        good = [saved for saved in manager.all_steps() if saved < step or kept_is_good]
+        names = {"loss": "loss", "grad_norm": "gradient norm", "param_norm": "parameter norm"}
+        what = " and ".join(f"the {names[name]} is {value}" for name, value in bad.items())
+        where = (f"the last good state is the checkpoint at step {max(good)} in {workdir / 'checkpoints'}"
+                 if good else f"no earlier checkpoint is kept (train.keep_checkpoints={cfg.train.keep_checkpoints})")
+        return NonFiniteLoss(f"step {step + 1}: {what}; stopped, {where}")
 
     sigterms = []
     if jax.process_count() == 1:
@@ -113,21 +179,23 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, world: dict | None =
     # MFU against what this machine's devices measurably do, not a datasheet.
     peak_flops = matmul_peak_flops(dtype=cfg.model.compute_dtype) * jax.device_count()
     last: dict = {}
-    writer = SummaryWriter(str(workdir / "tensorboard")) if lead else None
+    writer = None
+    if lead:
+        keep_metrics_through(workdir / "metrics.jsonl", start_step)
+        # TensorBoard drops the events at or past purge_step that earlier files hold: the lost steps'.
+        writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step + 1)
     try:
         with open(workdir / "metrics.jsonl" if lead else os.devnull, "a") as metrics_file, jax.set_mesh(mesh):
             progress = tqdm(range(start_step, cfg.train.steps), initial=start_step, total=cfg.train.steps,
                             desc="train", dynamic_ncols=True, disable=not lead)
             for step in progress:
+                check_written()
                 started = time.perf_counter()
                 batch = to_global(next(batches), mesh)
                 waited = time.perf_counter() - started
                 state, metrics = step_fn(state, batch)
                 if not bool(metrics["finite"]):
-                    save(step)  # the state the step returned is the last good one
-                    manager.wait_until_finished()
-                    raise NonFiniteLoss(f"loss or gradient is not finite at step {step}; the last good state "
-                                        f"is saved in {workdir / 'checkpoints'} at step {step}")
+                    raise stop_non_finite(step, metrics)
                 seconds = time.perf_counter() - started
                 last = {"step": step + 1, "loss": float(metrics["loss"]), "nll": float(metrics["nll"]),
                         "z_loss": float(metrics["z_loss"]), "grad_norm": float(metrics["grad_norm"]),
@@ -154,8 +222,11 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, world: dict | None =
                 if (step + 1) % cfg.train.checkpoint_every == 0 or step + 1 == cfg.train.steps or preempted:
                     save(step + 1)
                 if preempted:
-                    log(f"SIGTERM: saved step {step + 1} and stopped")
+                    log(f"SIGTERM: preempted, saved step {step + 1} and stopped")
+                    if step + 1 < cfg.train.steps:
+                        last["preempted"] = True
                     break
+            check_written(wait=True)
     finally:
         if writer is not None:
             writer.close()

@@ -99,11 +99,13 @@ def train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg: Tr
             (grads, metrics), _ = jax.lax.scan(accumulate, zeros, micro)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new = {"params": optax.apply_updates(params, updates), "opt_state": opt_state, "step": state["step"] + 1}
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+        grad_norm, param_norm = optax.tree.norm(grads), optax.tree.norm(new["params"])
+        # An update that overflows the parameters (their norm past float32's range: a learning-rate
+        # blow-up) is refused like a NaN loss, so the state kept is one whose loss was finite.
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
         # On a NaN/inf step keep the last good state, so the run can stop and save it.
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-        return new, {**metrics, "grad_norm": grad_norm, "finite": finite,
+        return new, {**metrics, "grad_norm": grad_norm, "param_norm": param_norm, "finite": finite,
                      "learning_rate": schedule(cfg)(state["step"])}
 
     return step
