@@ -302,7 +302,8 @@ def make_app(server) -> FastAPI:
             prompts = await asyncio.to_thread(completion_prompts, server, body)  # tokenizing: off the event loop
         except BadInput as error:
             raise ApiError(400, str(error), param=error.param, code=error.code) from None
-        prompts = _with_budget(server, prompts, body.max_tokens or 16, "max_tokens")  # OpenAI's default: 16
+        default = min(16, server.cfg.serve.max_tokens)  # OpenAI's default, 16, within the server's limit
+        prompts = _with_budget(server, prompts, body.max_tokens or default, "max_tokens")
         return await _respond(server, request, body, prompts, chat=False)
 
     @app.post("/v1/chat/completions")
@@ -313,8 +314,11 @@ def make_app(server) -> FastAPI:
         except BadInput as error:
             raise ApiError(400, str(error), param=error.param, code=error.code) from None
         # A picture is always one image's worth of codes, whatever max_tokens says.
-        budget = prompt.params.max_tokens if prompt.kind == "image" else body.max_completion_tokens or body.max_tokens
-        return await _respond(server, request, body, _with_budget(server, [prompt], budget, "max_tokens"), chat=True)
+        if prompt.kind == "image":
+            budget, param = prompt.params.max_tokens, "modalities"
+        else:
+            budget, param = body.max_completion_tokens or body.max_tokens, "max_tokens"
+        return await _respond(server, request, body, _with_budget(server, [prompt], budget, param), chat=True)
 
     return app
 
@@ -328,8 +332,9 @@ def _check_model(server, model: str | None) -> None:
 def _with_budget(server, prompts: list[Prompt], max_tokens: int | None, param: str) -> list[Prompt]:
     """Each prompt with its token budget (None: as many as fit), refused with 400 naming the limit it breaks."""
     cache_len, limit = server.cfg.serve.max_cache_len, server.cfg.serve.max_tokens
+    asked = f"{param}={max_tokens}" if param != "modalities" else f"a picture ({max_tokens} image codes)"
     if max_tokens is not None and max_tokens > limit:
-        raise ApiError(400, f"{param}={max_tokens} is over the server's limit of {limit} (serve.max_tokens)",
+        raise ApiError(400, f"{asked} is over the server's limit of {limit} tokens a reply (serve.max_tokens)",
                        param=param, code="max_tokens_exceeded")
     out = []
     for prompt in prompts:
@@ -339,7 +344,7 @@ def _with_budget(server, prompts: list[Prompt], max_tokens: int | None, param: s
                            f"(serve.max_cache_len={cache_len}, less one token to generate)", param="prompt",
                            code="context_length_exceeded")
         if max_tokens is not None and max_tokens > room:
-            raise ApiError(400, f"the prompt's {len(prompt.ids)} tokens + {param}={max_tokens} exceed the "
+            raise ApiError(400, f"the prompt's {len(prompt.ids)} tokens + {asked} exceed the "
                            f"{cache_len}-token context (serve.max_cache_len)", param=param,
                            code="context_length_exceeded")
         budget = min(limit, room) if max_tokens is None else max_tokens

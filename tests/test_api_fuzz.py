@@ -28,17 +28,13 @@ floats (`"n": 4.0`, an integer to JSON Schema), which the strict request models 
 """
 
 import base64
-import contextlib
 import copy
 import io
-import threading
-import time
 import types
 
 import pytest
 import requests
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, settings
 from PIL import Image
 from schemathesis.checks import not_a_server_error
@@ -46,8 +42,8 @@ from schemathesis.checks import not_a_server_error
 from parallel.sharding import make_mesh
 from serving.api import make_app
 from serving.server import make_server
-from tests.serving_helpers import REAL_VOCAB, SERVE_CFG, replace_serve, served_model
-from tests.test_api import data_url, free_port, png_bytes, wav_bytes
+from tests.serving_helpers import (REAL_VOCAB, SERVE_CFG, data_url, png_bytes, replace_serve, served_model,
+                                   serving_live, wav_bytes)
 
 # Cheap generations: at most 64 tokens (one picture's worth of the test codec's image codes, so
 # `modalities: ["image"]` is served; more is a 400) and at most 32 choices queued per request (more
@@ -134,29 +130,14 @@ within_limits = schemathesis.openapi.from_dict(with_server_limits(OPENAPI), conf
 
 @pytest.fixture(scope="module")
 def base_url(vocab):
-    """A live server's URL, once its engine is compiled (the port opens at once; /health is 503 until then)."""
+    """A live server's URL, configured as serve.py configures it, once its engine is compiled."""
     graphdef, state = served_model(FUZZ_CFG)
-    server = make_server(FUZZ_CFG, vocab, graphdef, state, make_mesh(FUZZ_CFG.mesh))
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(make_app(server), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{base}/health", timeout=5).status_code == 200:
-                    break
-            time.sleep(0.1)
-        else:
-            pytest.fail("the server did not turn healthy in 120 s")
+    with serving_live(make_server(FUZZ_CFG, vocab, graphdef, state, make_mesh(FUZZ_CFG.mesh))) as live:
+        base = f"http://127.0.0.1:{live.port}"
+        live.healthy()
         live_schema = requests.get(f"{base}/openapi.json", timeout=5).json()
         assert live_schema == OPENAPI, "the live server publishes another schema than the one fuzzed"
         yield base
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=30)
 
 
 def served_without_a_server_error(case, base_url: str) -> None:
