@@ -6,7 +6,10 @@ import pytest
 from data import world
 from data.media import prepare_image
 from data.vocab import Vocabulary
+from parallel.sharding import make_mesh
+from serving.server import make_server
 from tests.helpers import WORLD_MODEL
+from tests.serving_helpers import SERVE_CFG, served_model, serving_live
 from tokenization.text import train_text_tokenizer
 
 
@@ -57,10 +60,6 @@ def vocab():
 @pytest.fixture(scope="session")
 def live(vocab):
     """A served random-init model on uvicorn, configured as serve.py does (tests/serving_helpers.py)."""
-    from parallel.sharding import make_mesh
-    from serving.server import make_server
-    from tests.serving_helpers import SERVE_CFG, served_model, serving_live
-
     graphdef, state = served_model()
     with serving_live(make_server(SERVE_CFG, vocab, graphdef, state, make_mesh(SERVE_CFG.mesh))) as server:
         yield server
