@@ -4,13 +4,17 @@ The data: the mixture `--data.sources` names (default `world:1`, the procedural 
 of your own files, a tfds dataset: configs/sources.py), made ready first: the world generated,
 manifests prepared (data/mixture.py). A source that cannot be read stops the run here, naming it.
 
-Stages, in order (`--stage all` runs the tokenizers when they are missing, then the LM):
+Stages, in order (`--stage all` runs the tokenizers when they are missing, then the LM, then SFT
+when `--sft.steps` is above 0):
   tokenizers  SentencePiece, image and audio tokenizers on the mixture            (training/tokenizer_stage.py)
   lm          the decoder on packed, templated examples of the mixture: sharded   (training/lm_stage.py)
               jitted steps, orbax checkpoints, metrics.jsonl + TensorBoard, a
               progress bar and held-out evals (per-source losses; tasks answered
               through the serving engine: training/evaluate.py); re-running resumes
-Then a summary of the run (<workdir>/summary.json): its last losses and eval accuracies, and the
+  sft         the same loop on conversations (data/conversation.py's template:    (training/lm_stage.py)
+              the world's, data/world_chat.py, and `--sft.sources` manifests),
+              from the LM's checkpoint, into <workdir>/sft/
+Then a summary of each stage (<workdir>/summary.json, <workdir>/sft/summary.json): its last losses and eval accuracies, and the
 wall-clock time. A run that SIGTERM (a preemption) stopped saves its checkpoint, says so in the
 summary (`"preempted": true` and its step) and exits with status 143 (128 + SIGTERM, what a shell
 reports for a process SIGTERM killed), not 0: re-running the same command resumes it.
@@ -47,7 +51,7 @@ from parallel.aot import compile_on_cpu, compile_only
 from parallel.host_memory import reuse_freed_memory
 from parallel.sharding import make_mesh
 from training.compile_only import compile_train_step
-from training.lm_stage import train_lm
+from training.lm_stage import stage_config, train_lm
 from training.tokenizer_stage import train_tokenizers
 
 PREEMPTED = 128 + signal.SIGTERM  # 143: the exit status of a run SIGTERM stopped short
@@ -59,8 +63,8 @@ class TrainFlags:
 
     workdir: Annotated[str | None, tyro.conf.arg(help_behavior_hint="(default: runs/<preset>)")] = None
     """where the tokenizers, checkpoints, metrics and summary go"""
-    stage: Literal["all", "tokenizers", "lm"] = "all"
-    """which stage to run; `all` trains the tokenizers only when they are missing"""
+    stage: Literal["all", "tokenizers", "lm", "sft"] = "all"
+    """which stage to run; `all` trains the tokenizers only when they are missing, and SFT when sft.steps > 0"""
     coordinator: str | None = None
     """multi-host without cluster detection: host:port of process 0"""
     num_processes: int | None = None
@@ -102,8 +106,12 @@ def main() -> None:
         make_mesh(cfg.mesh)
     except ValueError as error:
         sys.exit(f"train.py: {error}")
+    if flags.stage == "sft" and not cfg.sft.steps:
+        sys.exit("train.py: --stage sft needs --sft.steps above 0")
+    stages = [stage for stage in ("lm", "sft") if flags.stage in (stage, "all") and (stage == "lm" or cfg.sft.steps)]
     try:  # a source that cannot be read stops here, naming it, before any tokenizer or model trains
-        ready_sources(cfg, workdir)
+        for stage in ("lm", *stages):
+            ready_sources(stage_config(cfg, stage), workdir)
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"train.py: {error}")
     if jax.process_count() > 1 and (flags.stage == "tokenizers" or not tokenizers_exist(workdir)):
@@ -115,21 +123,24 @@ def main() -> None:
     elif flags.stage == "all" and jax.process_index() == 0:
         print(f"tokenizers: found under {workdir}/tokenizers, not retrained")
 
-    if flags.stage in ("all", "lm"):
-        last = train_lm(cfg, workdir, load_vocabulary(cfg, workdir))
+    for stage in stages:
+        last = train_lm(cfg, workdir, load_vocabulary(cfg, workdir), stage=stage)
         if jax.process_index() == 0:  # process 0 reports for all of them
-            report(cfg, workdir, last, time.perf_counter() - started)
+            report(cfg, workdir, stage, last, time.perf_counter() - started)
         if last.get("preempted"):
             sys.exit(PREEMPTED)
 
 
-def report(cfg: Config, workdir: Path, last: dict, seconds: float) -> None:
-    """Write <workdir>/summary.json from the LM's last metrics and print it."""
+def report(cfg: Config, workdir: Path, stage: str, last: dict, seconds: float) -> None:
+    """Write the stage's summary.json (<workdir>/, or <workdir>/sft/) from its last metrics and print it."""
+    steps = f"train.steps={cfg.train.steps}" if stage == "lm" else f"sft.steps={cfg.sft.steps}"
     if not last:
-        print(f"the LM is already trained to train.steps={cfg.train.steps}; raise it to train further")
+        print(f"the {stage.upper()} stage is already trained to {steps}; raise it to train further")
         return
+    if stage == "sft":
+        workdir = workdir / "sft"
     if last.get("preempted"):
-        print(f"preempted (SIGTERM) at step {last['step']} of {cfg.train.steps}, its checkpoint saved: exit status "
+        print(f"preempted (SIGTERM) at step {last['step']} ({steps}), its checkpoint saved: exit status "
               f"{PREEMPTED}; run the same command again to resume")
     summary = {"preset": cfg.name, "wall_clock_s": round(seconds, 1),
                **{k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()}}

@@ -237,6 +237,39 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    """Instruction tuning, after the LM stage: conversations through the conversation template
+    (data/conversation.py), from the LM's parameters, with an optimiser and schedule of its own.
+    Its checkpoints, metrics and TensorBoard go to <workdir>/sft/."""
+
+    steps: int = 0
+    """SFT optimiser steps in all (0: no SFT stage); a resumed run goes on to this many"""
+    learning_rate: float = 1e-4
+    """SFT's peak learning rate, after warmup, decayed by a cosine to a tenth"""
+    warmup_steps: int = 20
+    """steps of SFT's linear learning-rate warmup"""
+    checkpoint_every: int = 100
+    """SFT steps between checkpoints"""
+    eval_every: int = 200
+    """SFT steps between held-out evals; the last step is always evaluated"""
+    sources: tuple[str, ...] = ("world:1",)
+    """SFT's mixture, as data.sources spells it: world:W is the world's conversations (data/world_chat.py); a manifest's conversations train their assistant turns"""
+    init_from: str | None = None
+    """start from this run's latest LM checkpoint (its workdir; parameters only) instead of this run's"""
+
+    def __post_init__(self):
+        _check_positive("sft", self, ("learning_rate", "checkpoint_every", "eval_every"))
+        for name in ("steps", "warmup_steps"):
+            if getattr(self, name) < 0:
+                _fail(f"sft.{name}", f"must be >= 0, got {getattr(self, name)}")
+        for spec in self.sources:
+            try:
+                parse_source(spec)
+            except ValueError as error:
+                _fail("sft.sources", str(error))
+
+
+@dataclasses.dataclass(frozen=True)
 class ServeConfig:
     """serve.py's engine, its limits, and where it listens."""
 
@@ -312,6 +345,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     serve: ServeConfig = ServeConfig()
     tokenizers: TokenizersConfig = TokenizersConfig()
+    sft: SFTConfig = SFTConfig()
 
     def __post_init__(self):
         if self.data.global_batch_size % self.train.grad_accum_steps:

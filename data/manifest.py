@@ -40,7 +40,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
-from data import media
+from data import conversation, media
 from data.segments import Audio, Image, Segment, Text
 
 AUDIO_RATE = 16_000  # of the stored PCM: every preset's audio tokenizer runs at 16 kHz
@@ -247,23 +247,23 @@ def waveform(part: Part, sample_rate: int = AUDIO_RATE) -> np.ndarray:
 
 def segments_of(record: Record, image_size: int, sample_rate: int = AUDIO_RATE) -> tuple[str, list[Segment]]:
     """(kind, segments) of a stored record, pictures at `image_size` (data/media.py's rule) and
-    sound at `sample_rate`, or their codes once encoded: what the templates (data/templates.py) take. A conversation's segments
-    carry their loss marks already (the assistant's are trained), each message led by its role."""
-    segments: list[Segment] = []
-    role = None
-    for part in record.parts:
-        if record.kind == "conversation" and part.role != role:
-            role = part.role
-            segments.append(Text(f"{role.capitalize()}:", loss=False))
-        loss = record.kind != "conversation" or part.role == "assistant"
-        if part.modality == "text":
-            segments.append(Text(part.payload, loss=loss))
-        elif part.modality == "image":
-            segments.append(Image(pixels=media.prepare_image(part.payload, image_size), loss=loss))
-        elif part.modality == "audio":
-            segments.append(Audio(waveform=waveform(part, sample_rate), loss=loss))
-        elif part.modality == "image_codes":
-            segments.append(Image(codes=np.frombuffer(part.payload, CODES), loss=loss))
-        else:
-            segments.append(Audio(codes=np.frombuffer(part.payload, CODES), loss=loss))
+    sound at `sample_rate`, or their codes once encoded: what the templates (data/templates.py) take.
+    A conversation goes through the conversation template (data/conversation.py), which marks the
+    loss: the assistant's turns train."""
+    segments = [_segment(part, image_size, sample_rate) for part in record.parts]
+    if record.kind == "conversation":
+        return record.kind, conversation.segments(conversation.by_role(
+            (part.role, segment) for part, segment in zip(record.parts, segments)))
     return record.kind, segments
+
+
+def _segment(part: Part, image_size: int, sample_rate: int) -> Segment:
+    if part.modality == "text":
+        return Text(part.payload)
+    if part.modality == "image":
+        return Image(pixels=media.prepare_image(part.payload, image_size))
+    if part.modality == "audio":
+        return Audio(waveform=waveform(part, sample_rate))
+    if part.modality == "image_codes":
+        return Image(codes=np.frombuffer(part.payload, CODES))
+    return Audio(codes=np.frombuffer(part.payload, CODES))

@@ -29,8 +29,10 @@ from data.prepare import prepare
 from data.sources import FeatureMapping, open_source, read_world, world_by_kind
 from data.vocab import Vocabulary
 from data.world_builder import build_world
+from data.world_chat import WorldConversations
 
 PREPARED_REPORT = "prepared.json"
+CONVERSATIONS = {"train": 10**6, "validation": 1000}  # the world's conversations per split (rendered, never stored)
 
 
 @dataclasses.dataclass
@@ -139,16 +141,24 @@ def world_splits(workdir: Path) -> dict:
 
 
 def open_mixture(cfg: Config, workdir: Path, split: str = "train", world: dict | None = None,
-                 raw: bool = False) -> Mixture:
+                 raw: bool = False, conversations: bool = False) -> Mixture:
     """Every source's `split` ("train" or "validation"), ready for `packed_batches` or the evaluation.
 
     For "train" every source must have records; for "validation", a source without a held-out
     split is left out (its loss is not measured). `world`: the world's splits, when not the default
     world under `<workdir>/data`. A manifest source reads its encoded records where they are
-    current (data/encode.py), its prepared media otherwise or with `raw` (the tokenizer stage)."""
+    current (data/encode.py), its prepared media otherwise or with `raw` (the tokenizer stage).
+    `conversations` (the SFT stage): the world enters as its conversations (data/world_chat.py),
+    one stream, `world/conversation`, rendered as they are read."""
     workdir = Path(workdir).absolute()
     sources, readers, weights, source_of = {}, {}, {}, {}
     for spec in cfg.data.source_specs():
+        if spec.kind == "world" and conversations:
+            stream = "world/conversation"
+            chats = WorldConversations(cfg.data.seed, split, CONVERSATIONS[split])
+            sources[stream], readers[stream], source_of[stream] = chats, chats.read, "world"
+            weights[stream] = spec.weight
+            continue
         if spec.kind == "world":
             records = (world or world_splits(workdir))[split]
             share = sum(cfg.data.world_mixture)

@@ -1,4 +1,4 @@
-"""The segments a multimodal example is made of: text, an image, a sound.
+"""The segments a multimodal example is made of: text, an image, a sound, a control symbol.
 
 The world generates them, the vocabulary encodes them to ids (and decodes ids back to them),
 the input pipeline's templates mark which ones the model is trained to produce (`loss`).
@@ -42,7 +42,19 @@ class Audio:
     modality: ClassVar[int] = AUDIO
 
 
-Segment = Text | Image | Audio
+@dataclasses.dataclass(frozen=True)
+class Symbol:
+    """One control symbol by name (`<start_of_turn>`, `<end_of_turn>`): an id of its own, which no
+    text encodes to. It carries no text (`text` is empty), so text statistics and the text
+    tokenizer's training never see its name."""
+
+    name: str
+    loss: bool = True
+    modality: ClassVar[int] = TEXT
+    text: ClassVar[str] = ""
+
+
+Segment = Text | Image | Audio | Symbol
 
 
 def payload(segment: Segment):

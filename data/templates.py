@@ -7,8 +7,8 @@ The loss covers what the model must produce (the answer), never the prompt:
     transcription   [Text(prompt), Audio]          -> Text(transcript)     (audio -> text)
     document        every segment is trained: an interleaved document is its own answer
     text            plain text, all trained
-    conversation    a chat's messages, each led by its role; the assistant's parts are trained
-                    (the reader marks them: data/manifest.py)
+    conversation    a chat's turns through the conversation template (data/conversation.py):
+                    the model's turns are trained (the reader renders them: data/manifest.py)
 """
 
 from __future__ import annotations

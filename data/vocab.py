@@ -18,7 +18,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from configs.base import ModelConfig
-from data.segments import AUDIO, IMAGE, TEXT, Audio, Image, Segment, Text
+from data.segments import AUDIO, IMAGE, TEXT, Audio, Image, Segment, Symbol, Text
 from tokenization.text import BOS, EOS, TextTokenizer
 
 
@@ -89,7 +89,11 @@ class Vocabulary:
         if isinstance(segment, Audio):
             codes = self._codes(segment.codes, segment.waveform, self.audio, self.audio_codes, "audio")
             return [self.ids["<boa>"], *(codes + self.audio_offset).tolist(), self.ids["<eoa>"]]
-        raise TypeError(f"not a segment: {type(segment).__name__} (expected Text, Image or Audio)")
+        if isinstance(segment, Symbol):
+            if segment.name not in self.ids:
+                raise ValueError(f"no control symbol {segment.name!r}; the vocabulary has {sorted(self.ids)}")
+            return [self.ids[segment.name]]
+        raise TypeError(f"not a segment: {type(segment).__name__} (expected Text, Image, Audio or Symbol)")
 
     @staticmethod
     def _codes(codes, signal, codec: Codec | None, count: int, kind: str) -> np.ndarray:

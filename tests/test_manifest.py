@@ -18,7 +18,7 @@ from data.manifest import AUDIO_RATE, BadRecord, Record, check_line, split_of
 from data.mixture import open_mixture, open_prepared
 from data.pipeline import PipelineStats, held_out_batches, packed_batches
 from data.prepare import prepare
-from data.segments import Audio, Image, Text
+from data.segments import Audio, Image, Symbol, Text
 from data.world_builder import build_world
 
 
@@ -93,8 +93,8 @@ def test_every_kind_of_line_prepares_and_reads_back_as_its_segments(tmp_path):
     assert [type(s) for s in read["document"]] == [Text, Image, Audio]
     conversation = read["conversation"]
     assert [s.text for s in conversation if isinstance(s, Text) and not s.loss] == [
-        "System:", "Answer briefly.", "User:", "What is this?", "Assistant:"]
-    assert [(type(s), s.loss) for s in conversation[-1:]] == [(Text, True)]  # only the assistant's words are trained
+        "system", "Answer briefly.", "user", "What is this?", "model"]  # the conversation template's turns
+    assert [(type(s), s.loss) for s in conversation[-2:]] == [(Text, True), (Symbol, True)]  # the model's turn trains
     held_out = open_mixture(cfg, tmp_path / "run", "validation")
     stereo = [segments for kind, segments in map(held_out.readers[stream], held_out.sources[stream]) if kind == "audio"]
     assert stereo[0][0].waveform.shape == (int(0.3 * AUDIO_RATE),)  # 8 kHz stereo -> 16 kHz mono

@@ -36,7 +36,7 @@ from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
-from checkpoints import CHECKPOINT_ITEMS
+from checkpoints import CHECKPOINT_ITEMS, restore_params
 from configs.base import Config
 from data.pipeline import PipelineStats, packed_batches, to_global
 from data.mixture import encode_sources, make_sources, open_mixture, world_splits
@@ -73,16 +73,36 @@ def keep_metrics_through(path: Path, step: int) -> None:
     path.with_suffix(".tmp").replace(path)  # whole, even if this run is killed meanwhile
 
 
+def stage_config(cfg: Config, stage: str = "lm") -> Config:
+    """What a stage trains with: the LM stage, `cfg` itself; SFT, `cfg` with SFT's steps, schedule,
+    checkpoint and eval intervals, and mixture (configs/base.py's SFTConfig)."""
+    if stage == "lm":
+        return cfg
+    sft = cfg.sft
+    train = dataclasses.replace(cfg.train, steps=sft.steps, learning_rate=sft.learning_rate,
+                                warmup_steps=sft.warmup_steps, checkpoint_every=sft.checkpoint_every,
+                                eval_every=sft.eval_every)
+    return dataclasses.replace(cfg, train=train, data=dataclasses.replace(cfg.data, sources=sft.sources))
+
+
 def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, world: dict | None = None,
-             log: Callable[[str], None] = print) -> dict:
+             log: Callable[[str], None] = print, stage: str = "lm") -> dict:
     """Train to `cfg.train.steps`, resuming from `workdir` if it holds a checkpoint; returns the last metrics,
     with `"preempted": True` when SIGTERM stopped the run short of them (its checkpoint saved).
+
+    `stage="sft"` instruction-tunes instead (`cfg.sft`): the world's conversations and the SFT
+    mixture's manifests, starting from the LM's latest checkpoint (this run's, or `sft.init_from`'s;
+    parameters only, a fresh optimiser), its own checkpoints, metrics and TensorBoard under
+    <workdir>/sft/, resumable in the same way.
 
     The data are the mixture `cfg.data.sources` names (data/mixture.py). `world` holds the world's
     "train", "validation" and "compositional" data sources when it is not the default one under
     `<workdir>/data` (tests use small worlds); the held-out evals read the last two.
     """
     workdir = Path(workdir).absolute()
+    lm_cfg, cfg = cfg, stage_config(cfg, stage)
+    out = workdir if stage == "lm" else workdir / "sft"  # checkpoints, metrics, TensorBoard
+    out.mkdir(parents=True, exist_ok=True)
     lead = jax.process_index() == 0  # one process speaks for all: they hold the same metrics
     log = log if lead else (lambda message: None)
     # Process 0 generates the world, prepares manifests and encodes their media first: on a shared
@@ -91,10 +111,19 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, world: dict | None =
         make_sources(cfg.data, workdir, log, world=world is None)
         encode_sources(cfg, workdir, vocab, log)
     multihost_utils.sync_global_devices("data sources made")
-    train, held_out = open_mixture(cfg, workdir, "train", world), open_mixture(cfg, workdir, "validation", world)
+    conversations = stage == "sft"
+    train = open_mixture(cfg, workdir, "train", world, conversations=conversations)
+    held_out = open_mixture(cfg, workdir, "validation", world, conversations=conversations)
     mesh = make_mesh(cfg.mesh)
-    graphdef, model_state = init_model(cfg.model, mesh, cfg.train.seed)
-    params = nnx.state(nnx.merge(graphdef, model_state), nnx.Param)
+    options = ocp.CheckpointManagerOptions(max_to_keep=cfg.train.keep_checkpoints, enable_async_checkpointing=True)
+    manager = ocp.CheckpointManager(out / "checkpoints", options=options, item_names=CHECKPOINT_ITEMS)
+    if stage == "sft" and manager.latest_step() is None:  # SFT starts from the pre-trained LM
+        lm_run = Path(cfg.sft.init_from or workdir)
+        graphdef, params, lm_step = restore_params(lm_cfg, lm_run, mesh)
+        log(f"SFT starts from the LM checkpoint at step {lm_step} of {lm_run / 'checkpoints'}")
+    else:
+        graphdef, model_state = init_model(cfg.model, mesh, cfg.train.seed)
+        params = nnx.state(nnx.merge(graphdef, model_state), nnx.Param)
     tx = make_optimizer(cfg.train)
     with jax.set_mesh(mesh):
         state = {"params": params, "opt_state": init_opt_state(tx, params, mesh), "step": jnp.zeros((), jnp.int32)}
@@ -109,14 +138,12 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, world: dict | None =
     evaluator = Evaluator(cfg.model, vocab, tasks, mesh) if tasks else None
     held_out_loss = HeldOutLoss(held_out, vocab, cfg.data, mesh, cfg.train.eval_loss_examples)
 
-    options = ocp.CheckpointManagerOptions(max_to_keep=cfg.train.keep_checkpoints, enable_async_checkpointing=True)
-    manager = ocp.CheckpointManager(workdir / "checkpoints", options=options, item_names=CHECKPOINT_ITEMS)
     start_step = 0
     if manager.latest_step() is not None:
         restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
             state=ocp.args.StandardRestore(state), data=grain.checkpoint.CheckpointRestore(batches)))
         state, start_step = restored["state"], int(restored["state"]["step"])
-        log(f"resumed from {workdir / 'checkpoints'} at step {start_step} of {cfg.train.steps}")
+        log(f"resumed from {out / 'checkpoints'} at step {start_step} of {cfg.train.steps}")
 
     writing = None  # the step of the checkpoint orbax is writing in the background
 
@@ -138,7 +165,7 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, world: dict | None =
         try:
             manager.wait_until_finished()  # no wait when the write is over; raises its error
         except Exception as error:
-            raise CheckpointFailed(f"the checkpoint at step {step} could not be written to {workdir / 'checkpoints'}: "
+            raise CheckpointFailed(f"the checkpoint at step {step} could not be written to {out / 'checkpoints'}: "
                                    f"{type(error).__name__}: {error}") from error
 
     def stop_non_finite(step: int, metrics: dict) -> NonFiniteLoss:
@@ -161,7 +188,7 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, world: dict | None =
         good = [saved for saved in manager.all_steps() if saved < step or kept_is_good]
         names = {"loss": "loss", "grad_norm": "gradient norm", "param_norm": "parameter norm"}
         what = " and ".join(f"the {names[name]} is {value}" for name, value in bad.items())
-        where = (f"the last good state is the checkpoint at step {max(good)} in {workdir / 'checkpoints'}"
+        where = (f"the last good state is the checkpoint at step {max(good)} in {out / 'checkpoints'}"
                  if good else f"no earlier checkpoint is kept (train.keep_checkpoints={cfg.train.keep_checkpoints})")
         return NonFiniteLoss(f"step {step + 1}: {what}; stopped, {where}")
 
@@ -181,13 +208,13 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, world: dict | None =
     last: dict = {}
     writer = None
     if lead:
-        keep_metrics_through(workdir / "metrics.jsonl", start_step)
+        keep_metrics_through(out / "metrics.jsonl", start_step)
         # TensorBoard drops the events at or past purge_step that earlier files hold: the lost steps'.
-        writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step + 1)
+        writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_step + 1)
     try:
-        with open(workdir / "metrics.jsonl" if lead else os.devnull, "a") as metrics_file, jax.set_mesh(mesh):
+        with open(out / "metrics.jsonl" if lead else os.devnull, "a") as metrics_file, jax.set_mesh(mesh):
             progress = tqdm(range(start_step, cfg.train.steps), initial=start_step, total=cfg.train.steps,
-                            desc="train", dynamic_ncols=True, disable=not lead)
+                            desc=stage, dynamic_ncols=True, disable=not lead)
             for step in progress:
                 check_written()
                 started = time.perf_counter()

@@ -1,0 +1,90 @@
+"""The conversation template and the world's conversations: ids, loss marks, roles, renderings."""
+
+import numpy as np
+import pytest
+
+from data import conversation, world
+from data.conversation import END_OF_TURN, START_OF_TURN, Turn
+from data.segments import Audio, Image, Symbol, Text
+from data.world_chat import KINDS, make_conversation
+
+
+def test_a_conversation_with_every_part_kind_becomes_the_templates_ids_and_only_the_models_turns_train(vocab):
+    picture, clip = np.arange(64) % 999, np.array([5, 6, 7])
+    turns = [Turn("system", (Text("Answer briefly."),)),
+             Turn("user", (Text("Describe the picture:"), Image(codes=picture), Audio(codes=clip))),
+             Turn("model", (Text("a small red circle"),)),
+             Turn("user", (Text("Draw it."),)),
+             Turn("model", (Image(codes=picture),))]
+    encoded = vocab.encode(conversation.segments(turns), bos=True, eos=False)
+    sot, eot = vocab.ids[START_OF_TURN], vocab.ids[END_OF_TURN]
+    text = lambda words: vocab.text.encode(words)  # noqa: E731
+    image = [vocab.ids["<boi>"], *(picture + vocab.image_offset), vocab.ids["<eoi>"]]
+    audio = [vocab.ids["<boa>"], *(clip + vocab.audio_offset), vocab.ids["<eoa>"]]
+    expected = [
+        ([vocab.ids["<bos>"]], False),
+        ([sot, *text("system"), *text("Answer briefly."), eot], False),
+        ([sot, *text("user"), *text("Describe the picture:"), *image, *audio, eot], False),
+        ([sot, *text("model")], False), ([*text("a small red circle"), eot], True),
+        ([sot, *text("user"), *text("Draw it."), eot], False),
+        ([sot, *text("model")], False), ([*image, eot], True),
+    ]
+    assert encoded.ids.tolist() == [i for ids, _ in expected for i in ids]
+    assert encoded.loss_mask.tolist() == [trained for ids, trained in expected for _ in ids]
+
+
+def test_a_prompt_for_a_reply_is_the_conversations_ids_up_to_the_models_words(vocab):
+    history = [Turn("user", (Text("Describe the picture:"), Image(codes=np.zeros(64, int)))),
+               Turn("model", (Text("a small red circle in the top left"),)),
+               Turn("user", (Text("What colour is it?"),))]
+    whole = vocab.encode(conversation.segments([*history, Turn("model", (Text("red"),))]), bos=True, eos=False).ids
+    prompt = vocab.encode(conversation.segments(history, reply=True), bos=True, eos=False).ids
+    assert whole[: len(prompt)].tolist() == prompt.tolist()
+    assert whole[len(prompt):].tolist() == [*vocab.text.encode("red"), vocab.ids[END_OF_TURN]]
+
+
+def test_openai_roles_map_onto_the_three_and_consecutive_parts_of_a_role_are_one_turn():
+    turns = conversation.by_role([("developer", Text("Be brief.")), ("user", Text("Hi")), ("user", Text("there")),
+                                  ("assistant", Text("Hello"))])
+    assert [(t.role, [p.text for p in t.parts]) for t in turns] == [
+        ("system", ["Be brief."]), ("user", ["Hi", "there"]), ("model", ["Hello"])]
+    with pytest.raises(ValueError, match="unknown role 'robot'"):
+        conversation.by_role([("robot", Text("beep"))])
+
+
+def test_a_control_symbol_carries_no_text_and_an_unknown_one_is_named(vocab):
+    assert Symbol(END_OF_TURN).text == "" and vocab.encode([Symbol(END_OF_TURN)], bos=False, eos=False).ids.size == 1
+    with pytest.raises(ValueError, match="no control symbol '<end_of_story>'"):
+        vocab.encode([Symbol("<end_of_story>")])
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "compositional"])
+def test_world_conversations_are_deterministic_and_each_model_turn_has_its_answer(split):
+    seen = set()
+    for index in range(24):
+        turns, answers = make_conversation(0, split, index)
+        again, _ = make_conversation(0, split, index)
+        assert [[getattr(p, "text", None) for p in t.parts] for t in turns] == \
+               [[getattr(p, "text", None) for p in t.parts] for t in again]
+        assert [a.turn for a in answers] == [i for i, t in enumerate(turns) if t.role == "model"]
+        for answer in answers:
+            (part,) = turns[answer.turn].parts
+            assert (answer.text == part.text) if answer.kind != "drawing" else isinstance(part, Image)
+        seen.add(len([t for t in turns if t.role == "user"]))
+        pictures = [p for t in turns for p in t.parts if isinstance(p, Image)]
+        colours = {world.detect_picture(p.pixels)[0] for p in pictures}
+        if split == "compositional":  # only the held-out pairs: a shape never seen in that colour
+            assert colours <= {colour for _, colour in world.HELD_OUT_COMBINATIONS}
+    assert len(seen) > 1  # follow-ups of different lengths
+
+
+def test_the_world_conversations_cover_every_kind_and_a_system_message_changes_the_answers_form():
+    kinds, forms = set(), {}
+    for index in range(80):
+        turns, answers = make_conversation(0, "train", index)
+        kinds.add(KINDS[index % len(KINDS)])
+        follow = [a.text for a in answers if a.kind == "follow-up"]
+        if follow:
+            forms.setdefault(turns[0].role == "system", set()).add(follow[-1].endswith("."))
+    assert kinds == set(KINDS)
+    assert forms == {True: {True}, False: {False}}  # sentences with the system message, bare words without
