@@ -28,7 +28,8 @@ def test_sft_starts_from_the_lm_and_a_preempted_run_resumes_to_the_uninterrupted
     cfg, logs = sft_config(), []
     train_lm(cfg, tmp_path / "a", vocab, splits, log=logs.append)
     straight = train_lm(cfg, tmp_path / "a", vocab, splits, log=logs.append, stage="sft")
-    assert any(line.startswith("SFT starts from the LM checkpoint at step 2") for line in logs)
+    assert straight["step"] == SFT_STEPS and any(line.startswith("SFT starts from the LM checkpoint at step 2")
+                                                 for line in logs)
     lines = [json.loads(line) for line in (tmp_path / "a" / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == list(range(1, SFT_STEPS + 1))
     assert sorted(os.listdir(tmp_path / "a" / "sft" / "checkpoints")) == ["2", "4"]
