@@ -2,6 +2,7 @@
 tokenizers as one Vocabulary. train.py, serve.py and the benchmarks read runs through here.
 
     <workdir>/checkpoints/<step>/        orbax: train state, data iterator state, resolved config
+    <workdir>/sft/checkpoints/<step>/    the same, instruction-tuned (the SFT stage), served when present
     <workdir>/tokenizers/text.model      SentencePiece model
     <workdir>/tokenizers/image/          orbax checkpoint of the image tokenizer's parameters
     <workdir>/tokenizers/audio/          orbax checkpoint of the audio tokenizer's parameters
@@ -75,16 +76,29 @@ def untrained_vocabulary(cfg: Config) -> Vocabulary:
     return Vocabulary(text, cfg.model, image=ImageCodec(image), audio=AudioCodec(audio))
 
 
-def restore_params(cfg: Config, workdir: Path, mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, nnx.State, int]:
-    """(graphdef, params, step) of the latest checkpoint under `workdir`, laid out for `mesh`.
+def checkpoint_dir(workdir: Path, stage: str = "lm") -> Path:
+    """Where a stage's checkpoints are: the LM's under <workdir>/checkpoints, SFT's under <workdir>/sft/."""
+    return Path(workdir).absolute() / ("checkpoints" if stage == "lm" else "sft/checkpoints")
+
+
+def latest_stage(workdir: Path) -> str:
+    """"sft" when the run holds an SFT checkpoint (an instruction-tuned model), else "lm"."""
+    folder = checkpoint_dir(workdir, "sft")
+    return "sft" if folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir()) else "lm"
+
+
+def restore_params(cfg: Config, workdir: Path, mesh: jax.sharding.Mesh,
+                   stage: str = "lm") -> tuple[nnx.GraphDef, nnx.State, int]:
+    """(graphdef, params, step) of the latest checkpoint of `stage` under `workdir`, laid out for `mesh`.
 
     The model config must match the one the checkpoint was trained with: a mismatch raises naming
     the fields that differ (pass them as flags, e.g. `--model.num-kv-heads 4`).
     """
-    manager = ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", item_names=CHECKPOINT_ITEMS)
+    folder = checkpoint_dir(workdir, stage)
+    manager = ocp.CheckpointManager(folder, item_names=CHECKPOINT_ITEMS)
     step = manager.latest_step()
     if step is None:
-        raise FileNotFoundError(f"no checkpoint under {Path(workdir) / 'checkpoints'}: train first "
+        raise FileNotFoundError(f"no checkpoint under {folder}: train first "
                                 f"(python train.py --config {cfg.name} --workdir {workdir}) or pass --random-init")
     saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]["model"]
     ours = dataclasses.asdict(cfg.model)

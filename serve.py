@@ -1,7 +1,7 @@
 """Serve the model over HTTP: `python serve.py --workdir runs/tiny`, or `python serve.py --config tiny --random-init`.
 
-    load      the latest checkpoint's parameters and the trained tokenizers of --workdir
-              (checkpoints.py); --random-init: neither
+    load      the latest checkpoint's parameters (the SFT stage's when the run has one) and the
+              trained tokenizers of --workdir (checkpoints.py); --random-init: neither
     engine    the weights prepared for decoding (per layer, compute dtype or int8), B decode
               slots sharing one KV cache, jitted prefill / insert / step           (serving/engine.py)
     schedule  a thread that keeps the slots full as requests come and go            (serving/scheduler.py)
@@ -26,7 +26,8 @@ from typing import Annotated
 import tyro
 import uvicorn
 
-from checkpoints import load_vocabulary, restore_params, tokenizers_exist, untrained_vocabulary
+from checkpoints import (checkpoint_dir, latest_stage, load_vocabulary, restore_params, tokenizers_exist,
+                         untrained_vocabulary)
 from configs.cli import parse
 from model.transformer import init_model
 from parallel.aot import compile_on_cpu, compile_only
@@ -73,12 +74,14 @@ def main() -> None:
             print(f"serving {cfg.name} with random weights")
         else:
             vocab = load_vocabulary(cfg, workdir)
-            graphdef, params, step = restore_params(cfg, workdir, mesh)
-            print(f"serving {cfg.name} from {workdir / 'checkpoints'} at step {step}")
+            stage = latest_stage(workdir)  # the instruction-tuned model when there is one
+            graphdef, params, step = restore_params(cfg, workdir, mesh, stage)
+            print(f"serving {cfg.name} from {checkpoint_dir(workdir, stage)} at step {step}")
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"serve.py: {error}")
     fetch_policy = FetchPolicy(flags.allow_image_host, flags.allow_private_image_addresses, cfg.serve.fetch_timeout_s)
-    server = make_server(cfg, vocab, graphdef, params, mesh, api_key=flags.api_key, fetch_policy=fetch_policy)
+    server = make_server(cfg, vocab, graphdef, params, mesh, api_key=flags.api_key, fetch_policy=fetch_policy,
+                         tuned=None if flags.random_init else (stage, step))
     del params  # the engine keeps its own copy, prepared for decoding: this one would double the memory
     uvicorn.Server(uvicorn_config(make_app(server), cfg.serve, log_level="info")).run()
 

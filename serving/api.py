@@ -293,7 +293,7 @@ def make_app(server) -> FastAPI:
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": server.model_name, "object": "model", "created": server.started,
-                                            "owned_by": "gemini-jax"}]}
+                                            "owned_by": "gemini-jax", **server.model_card()}]}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):

@@ -1,9 +1,12 @@
 """Request bodies -> token ids and sampling parameters for the engine.
 
-A chat's messages become one segment list, in order: text as Text, `image_url` parts as Image
-(the image tokenizer's codes between <boi> <eoi>), `input_audio` parts as Audio (<boa> ... <eoa>).
-Roles add no tokens: the model was trained on the world's tasks (a prompt, a picture -> its
-caption), not on chat turns, so "Describe the picture:" and a picture ask it for a caption.
+A chat's parts become segments, in order: text as Text, `image_url` parts as Image (the image
+tokenizer's codes between <boi> <eoi>), `input_audio` parts as Audio (<boa> ... <eoa>). For an
+instruction-tuned model (the run has an SFT checkpoint) the messages become the conversation
+template's turns (data/conversation.py: system, user and model turns, the assistant's messages as
+history), the prompt opens the model's turn, and the reply stops at <end_of_turn>. A pre-trained
+model never saw a turn: its roles add no tokens, and "Describe the picture:" and a picture ask it
+for a caption, as its tasks did.
 
 `modalities: ["image"]` asks for a picture: the prompt ends in <boi>, and the engine may then
 produce exactly one image's worth of image codes and nothing else.
@@ -15,7 +18,8 @@ import dataclasses
 
 import numpy as np
 
-from data.segments import Audio, Image, Text
+from data import conversation
+from data.segments import Audio, Image, Segment, Text
 from serving.engine import SamplingParams
 from serving.media import BadInput, audio_waveform, check_image, image_bytes
 from serving.schemas import ChatRequest, CompletionRequest, Sampling
@@ -63,26 +67,18 @@ def chat_prompt(server, body: ChatRequest) -> Prompt:
     if set(body.modalities) == {"text", "image"}:
         raise BadInput("modalities: ask for one output modality per request, ['text'] or ['image']", "modalities")
     _check_count(1, body.n, server)
-    parts = [(f"messages[{m}].content" + ("" if isinstance(message.content, str) else f"[{p}]"), part)
+    parts = [(message.role, f"messages[{m}].content" + ("" if isinstance(message.content, str) else f"[{p}]"), part)
              for m, message in enumerate(body.messages)
              for p, part in enumerate([message.content] if isinstance(message.content, str) else message.content or [])]
-    _check_fits(server, parts)
-    segments = []
-    for where, part in parts:
-        if isinstance(part, str):
-            segments.append(Text(part))
-        elif part.type == "text":
-            segments.append(Text(part.text))
-        elif part.type == "image_url":
-            data = image_bytes(part.image_url.url, f"{where}.image_url.url", server.fetch_policy, server.max_body_bytes)
-            segments.append(Image(codes=_image_codes(server, data, f"{where}.image_url")))
-        else:
-            audio = server.cfg.tokenizers.audio
-            wave = audio_waveform(part.input_audio.data, part.input_audio.format, f"{where}.input_audio",
-                                  audio.sample_rate, audio.max_seconds, server.cfg.serve.max_audio_sample_rate)
-            segments.append(Audio(codes=server.vocab.audio.encode(wave)))
-    ids = server.vocab.encode(segments, bos=True, eos=False).ids
+    _check_fits(server, [(where, part) for _, where, part in parts])
+    segments = [(role, _segment(server, where, part)) for role, where, part in parts]
     params = sampling_params(body)
+    if server.chat_template:  # an instruction-tuned model: the template's turns; the reply ends its turn
+        segments = conversation.segments(conversation.by_role(segments), reply=True)
+        params = dataclasses.replace(params, stop_ids=(server.vocab.ids[conversation.END_OF_TURN],))
+    else:
+        segments = [segment for _, segment in segments]
+    ids = server.vocab.encode(segments, bos=True, eos=False).ids
     if body.modalities == ["image"]:
         vocab = server.vocab
         ids = np.append(ids, vocab.ids["<boi>"]).astype(np.int32)
@@ -90,6 +86,21 @@ def chat_prompt(server, body: ChatRequest) -> Prompt:
                                      allowed=(vocab.image_offset, vocab.image_offset + vocab.image_codes))
         return Prompt(ids, params, kind="image")
     return Prompt(ids, params)
+
+
+def _segment(server, where: str, part) -> Segment:
+    """A content part as a segment: text, or a picture's or a clip's codes (decoded and tokenized)."""
+    if isinstance(part, str):
+        return Text(part)
+    if part.type == "text":
+        return Text(part.text)
+    if part.type == "image_url":
+        data = image_bytes(part.image_url.url, f"{where}.image_url.url", server.fetch_policy, server.max_body_bytes)
+        return Image(codes=_image_codes(server, data, f"{where}.image_url"))
+    audio = server.cfg.tokenizers.audio
+    wave = audio_waveform(part.input_audio.data, part.input_audio.format, f"{where}.input_audio",
+                          audio.sample_rate, audio.max_seconds, server.cfg.serve.max_audio_sample_rate)
+    return Audio(codes=server.vocab.audio.encode(wave))
 
 
 def _check_count(prompts: int, n: int, server) -> None:

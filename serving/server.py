@@ -23,6 +23,9 @@ class Server:
     model_name: str
     api_key: str | None = None
     fetch_policy: FetchPolicy = FetchPolicy()  # remote image_url parts: none fetched by default
+    # (stage, step) of the checkpoint served: ("sft", N) is instruction-tuned, and chats go through
+    # the conversation template; ("lm", N) or None (random weights) is pre-trained only.
+    tuned: tuple[str, int] | None = None
 
     def __post_init__(self):
         self.metrics = ServingMetrics()
@@ -31,6 +34,23 @@ class Server:
         self.started = int(time.time())
         self.max_body_bytes = self.cfg.serve.max_body_bytes
         self.real_vocab = self.engine.real_vocab
+
+    @property
+    def chat_template(self) -> bool:
+        """Whether a chat becomes the conversation template's turns (data/conversation.py): only for
+        an instruction-tuned model. A pre-trained one never saw a turn symbol; it gets the parts
+        in order, as a completion, which is what its tasks look like."""
+        return self.tuned is not None and self.tuned[0] == "sft"
+
+    def model_card(self) -> dict:
+        """What /v1/models says of the model beyond OpenAI's fields: which training it had."""
+        if self.tuned is None:
+            return {"stage": "random", "note": "random weights (--random-init)"}
+        stage, step = self.tuned
+        if stage == "sft":
+            return {"stage": "sft", "step": step, "note": "instruction-tuned: chats go through the conversation template"}
+        return {"stage": "pretrained", "step": step,
+                "note": "pre-trained only (no SFT checkpoint): a chat's roles add no tokens"}
 
     def start(self) -> None:
         """Compile every program, then start taking requests (/health turns ready)."""
