@@ -7,6 +7,7 @@ from data import conversation, world
 from data.conversation import END_OF_TURN, START_OF_TURN, Turn
 from data.segments import Audio, Image, Symbol, Text
 from data.world_chat import KINDS, make_conversation
+from training.evaluate import answer_segments, conversation_tasks, is_right
 
 
 def test_a_conversation_with_every_part_kind_becomes_the_templates_ids_and_only_the_models_turns_train(vocab):
@@ -88,3 +89,19 @@ def test_the_world_conversations_cover_every_kind_and_a_system_message_changes_t
             forms.setdefault(turns[0].role == "system", set()).add(follow[-1].endswith("."))
     assert kinds == set(KINDS)
     assert forms == {True: {True}, False: {False}}  # sentences with the system message, bare words without
+
+
+def test_held_out_conversations_are_scored_turn_by_turn_on_the_conversation_so_far(vocab):
+    tasks = {task.name: task for task in conversation_tasks(0, vocab, 8)}
+    assert set(tasks) == {"chat/caption", "chat/transcript", "chat/follow_up", "chat/drawing"}
+    turns, expected = make_conversation(0, "validation", 0)  # a picture, then questions about it
+    follow_ups = [answer for answer in expected if answer.kind == "follow-up"]
+    asked = vocab.encode(conversation.segments(turns[: follow_ups[0].turn], reply=True), bos=True, eos=False).ids
+    task = tasks["chat/follow_up"]
+    (where,) = [i for i, prompt in enumerate(task.prompts) if np.array_equal(prompt, asked)]
+    reference = task.references[where]
+    assert reference == follow_ups[0].text
+    said = np.array([*vocab.text.encode(reference), vocab.ids[END_OF_TURN], 7, 7])  # anything after the turn ends
+    assert is_right(task, answer_segments(vocab, said, task.end), reference)
+    wrong = np.array([*vocab.text.encode("purple"), vocab.ids[END_OF_TURN]])
+    assert not is_right(task, answer_segments(vocab, wrong, task.end), reference)

@@ -35,7 +35,7 @@ def test_the_evaluations_answers_are_the_engines_greedy_answers_with_each_evals_
     for seed in (0, 1):
         model = served_model(seed=seed)
         assert evaluator(*model) == {"eval/echo_accuracy": 0.0}  # "?" is no answer of a random model
-        assert [a.tolist() for a in answers(evaluator.engine, task)] == [reference_greedy(model, p, 8) for p in prompts]
+        assert [a.tolist() for a in answers(evaluator.engine, task, vocab)] == [reference_greedy(model, p, 8) for p in prompts]
     assert evaluator.engine is not None and evaluator.engine.slots == len(prompts)
 
 

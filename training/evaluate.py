@@ -12,6 +12,9 @@
                                          -> `world.detect_picture`: colour and position both right
     eval/compositional_caption_accuracy  pictures of (shape, colour) pairs never trained on -> caption
                                          (these four when the world is in the mixture)
+    eval/chat/<kind>_accuracy            SFT: the model's turns of held-out world conversations, each
+                                         asked with the conversation so far: caption, transcript,
+                                         follow_up (turns 2 and 3), drawing (the detector, as above)
 
 Prompts are the training templates with the answer left off, so the model is asked exactly what
 it was taught to answer; the answer is whatever it generates up to its <eos>. The answers come
@@ -33,12 +36,13 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from configs.base import DataConfig, MeshConfig, ModelConfig
-from data import templates, world
+from data import conversation, templates, world
 from data.mixture import Mixture
 from data.pipeline import held_out_batches, to_global
 from data.segments import MODALITY_NAMES, Image, Text
 from data.sources import read_world
 from data.vocab import Vocabulary
+from data.world_chat import make_conversation
 from parallel.sharding import make_mesh
 from serving.engine import Engine, SamplingParams
 from serving.offline import generate
@@ -56,6 +60,7 @@ class Task:
     temperature: float = 0.0  # 0: greedy
     top_k: int | None = None
     word_error_rate: bool = False  # also report eval/<name>_word_error_rate (text references)
+    end: str = EOS  # the symbol an answer ends at: <eos>, or <end_of_turn> in a conversation
 
 
 def world_tasks(splits: dict, vocab: Vocabulary, examples: int) -> list[Task]:
@@ -107,6 +112,33 @@ def source_tasks(mixture: Mixture, vocab: Vocabulary, examples: int) -> list[Tas
     return tasks
 
 
+def conversation_tasks(seed: int, vocab: Vocabulary, examples: int) -> list[Task]:
+    """The model's turns of the first `examples` held-out world conversations (data/world_chat.py),
+    each asked with the conversation so far (the earlier turns as they were meant to go) and
+    scored on its own, by what it is: the first picture's caption, the clip's transcript, a
+    follow-up question (turns 2 and 3, the answer's form set by any system message), a drawing."""
+    found: dict[str, list] = {"caption": [], "transcript": [], "follow-up": [], "drawing": []}
+    for index in range(examples):
+        turns, expected = make_conversation(seed, "validation", index)
+        for answer in expected:
+            prompt = vocab.encode(conversation.segments(turns[: answer.turn], reply=True), bos=True, eos=False).ids
+            found[answer.kind].append((prompt, answer.drawn if answer.kind == "drawing" else answer.text))
+    image_tokens = 2 + vocab.image.length
+    tasks = []
+    for kind, pairs in found.items():
+        if not pairs:
+            continue
+        name = f"chat/{kind.replace('-', '_')}"
+        if kind == "drawing":
+            tasks.append(Task(name, [p for p, _ in pairs], [r for _, r in pairs], image_tokens + 1, temperature=1.0,
+                              top_k=10, end=conversation.END_OF_TURN))
+        else:
+            answer = max(len(vocab.text.encode(reference)) for _, reference in pairs)
+            tasks.append(Task(name, [p for p, _ in pairs], [r for _, r in pairs], answer + 1,
+                              end=conversation.END_OF_TURN))
+    return tasks
+
+
 def _text_task(name: str, pairs: list, vocab: Vocabulary, word_error_rate: bool = False) -> Task:
     answer = max(len(vocab.text.encode(reference)) for _, reference in pairs)
     return Task(name, [_prompt(vocab, p) for p, _ in pairs], [r for _, r in pairs], answer + 1,
@@ -131,14 +163,14 @@ def _prompt(vocab: Vocabulary, segments) -> np.ndarray:
     return vocab.encode(segments, bos=True, eos=False).ids
 
 
-def answer_segments(vocab: Vocabulary, generated: np.ndarray) -> list:
-    """What the model said: its tokens up to the first <eos>, as segments."""
-    ends = np.nonzero(generated == vocab.ids[EOS])[0]
+def answer_segments(vocab: Vocabulary, generated: np.ndarray, end: str = EOS) -> list:
+    """What the model said: its tokens up to the first `end` symbol (or <eos>), as segments."""
+    ends = np.nonzero((generated == vocab.ids[end]) | (generated == vocab.ids[EOS]))[0]
     return vocab.decode(generated[: ends[0]] if ends.size else generated)
 
 
 def is_right(task: Task, answer: list, reference) -> bool:
-    if task.name == "drawing":
+    if task.name.endswith("drawing"):
         return (len(answer) == 1 and isinstance(answer[0], Image) and answer[0].pixels is not None
                 and world.detect_picture(answer[0].pixels) == reference)
     return len(answer) == 1 and isinstance(answer[0], Text) and answer[0].text == reference
@@ -175,10 +207,12 @@ class Evaluator:
         return evaluate(self.engine, self.vocab, self.tasks)
 
 
-def answers(engine: Engine, task: Task) -> list[np.ndarray]:
-    """The ids `engine` generates for each of the task's prompts (seeded by the prompt's index)."""
+def answers(engine: Engine, task: Task, vocab: Vocabulary) -> list[np.ndarray]:
+    """The ids `engine` generates for each of the task's prompts (seeded by the prompt's index),
+    stopping at <eos> or the task's end symbol, as the server's replies stop."""
+    stop = () if task.end == EOS else (vocab.ids[task.end],)
     params = [SamplingParams(max_tokens=task.new_tokens, temperature=task.temperature, top_k=task.top_k or 0,
-                             seed=index) for index in range(len(task.prompts))]
+                             seed=index, stop_ids=stop) for index in range(len(task.prompts))]
     return generate(engine, task.prompts, params)
 
 
@@ -187,7 +221,7 @@ def evaluate(engine: Engine, vocab: Vocabulary, tasks: list[Task]) -> dict[str, 
     its word error rate where the task asks for one."""
     metrics = {}
     for task in tasks:
-        said = [answer_segments(vocab, answer) for answer in answers(engine, task)]
+        said = [answer_segments(vocab, answer, task.end) for answer in answers(engine, task, vocab)]
         right = sum(is_right(task, answer, reference) for answer, reference in zip(said, task.references))
         metrics[f"eval/{task.name}_accuracy"] = right / len(task.prompts)
         if task.word_error_rate:

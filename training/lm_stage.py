@@ -45,7 +45,7 @@ from model.costs import train_flops_per_token
 from model.transformer import init_model
 from parallel.hardware import matmul_peak_flops
 from parallel.sharding import make_mesh
-from training.evaluate import Evaluator, HeldOutLoss, source_tasks, world_tasks
+from training.evaluate import Evaluator, HeldOutLoss, conversation_tasks, source_tasks, world_tasks
 from training.train_step import init_opt_state, make_optimizer, modality_losses, train_step
 
 
@@ -135,6 +135,8 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, world: dict | None =
     tasks = source_tasks(held_out, vocab, cfg.train.eval_examples)
     if "world" in train.source_of.values():
         tasks = world_tasks(world or world_splits(workdir), vocab, cfg.train.eval_examples) + tasks
+        if conversations:  # what SFT teaches, beside what pre-training taught (the cost of tuning is visible)
+            tasks = conversation_tasks(cfg.data.seed, vocab, cfg.train.eval_examples) + tasks
     evaluator = Evaluator(cfg.model, vocab, tasks, mesh) if tasks else None
     held_out_loss = HeldOutLoss(held_out, vocab, cfg.data, mesh, cfg.train.eval_loss_examples)
 
