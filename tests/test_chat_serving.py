@@ -103,3 +103,11 @@ def test_a_conversation_trains_and_serves_as_the_same_ids(live, vocab, tuned, tm
     assert trained.ids[len(served):].tolist() == [*vocab.text.encode("red"), vocab.ids[conversation.END_OF_TURN]]
     assert trained.loss_mask[len(served):].all()  # the last reply trains; so did the first, in the history
     assert trained.loss_mask[: len(served)].sum() == len(vocab.text.encode("a red square")) + 1
+
+
+def test_a_conversation_longer_than_the_context_is_refused_naming_the_limit(live, tuned):
+    turns = [{"role": role, "content": "the small red circle in the top left " * 3}
+             for _ in range(6) for role in ("user", "assistant")]
+    status, _, reply = live.post(CHAT, {"messages": [*turns, {"role": "user", "content": "and?"}], "max_tokens": 2})
+    assert status == 400 and reply["error"]["code"] == "context_length_exceeded", reply
+    assert "serve.max_cache_len" in reply["error"]["message"] and not tuned  # nothing reached the engine
