@@ -12,6 +12,7 @@ tokenizers as one Vocabulary. train.py, serve.py and the benchmarks read runs th
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +36,23 @@ TOKENIZER_DIR = "tokenizers"
 def tokenizers_exist(workdir: Path) -> bool:
     root = Path(workdir) / TOKENIZER_DIR
     return all((root / name).exists() for name in ("text.model", "image", "audio", "metrics.json"))
+
+
+def adopt_tokenizers(source_run: Path, workdir: Path) -> str:
+    """Give `workdir` the tokenizers of `source_run`, whose LM it will tune (`sft.init_from`): a
+    model's ids mean what its tokenizers say. Copies them when `workdir` has none; refuses (ValueError)
+    when it has others. Returns what it did, for the log."""
+    theirs, ours = Path(source_run) / TOKENIZER_DIR, Path(workdir) / TOKENIZER_DIR
+    if not tokenizers_exist(source_run):
+        raise FileNotFoundError(f"sft.init_from: no trained tokenizers under {theirs}")
+    if not tokenizers_exist(workdir):
+        shutil.copytree(theirs, ours, dirs_exist_ok=True)
+        return f"tokenizers: copied from {theirs}, with the LM they were trained with"
+    if (theirs / "text.model").read_bytes() != (ours / "text.model").read_bytes() or \
+            (theirs / "metrics.json").read_bytes() != (ours / "metrics.json").read_bytes():
+        raise ValueError(f"sft.init_from: {theirs} holds other tokenizers than {ours}; their LM's ids mean "
+                         f"nothing with these. Use a fresh --workdir (the tokenizers are then copied)")
+    return f"tokenizers: {ours} are {theirs}'s"
 
 
 def save_tokenizer(path: Path, model: nnx.Module) -> None:

@@ -42,8 +42,9 @@ from typing import Annotated, Literal
 
 import jax
 import tyro
+from jax.experimental import multihost_utils
 
-from checkpoints import load_vocabulary, tokenizers_exist
+from checkpoints import adopt_tokenizers, load_vocabulary, tokenizers_exist
 from configs.base import Config
 from configs.cli import parse
 from data.mixture import ready_sources
@@ -114,6 +115,14 @@ def main() -> None:
             ready_sources(stage_config(cfg, stage), workdir)
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"train.py: {error}")
+    if cfg.sft.init_from and "sft" in stages:  # tune another run's LM, with the tokenizers it was trained with
+        try:
+            if jax.process_index() == 0:
+                print(adopt_tokenizers(Path(cfg.sft.init_from), workdir))
+            multihost_utils.sync_global_devices("tokenizers adopted")
+        except (ValueError, FileNotFoundError) as error:
+            sys.exit(f"train.py: {error}")
+        stages = ["sft"]  # this run's own LM would not be the one tuned
     if jax.process_count() > 1 and (flags.stage == "tokenizers" or not tokenizers_exist(workdir)):
         # Every process would train them at once into the same directory.
         sys.exit(f"{workdir}/tokenizers: train the tokenizers first, in one process (--stage tokenizers)")
@@ -124,7 +133,10 @@ def main() -> None:
         print(f"tokenizers: found under {workdir}/tokenizers, not retrained")
 
     for stage in stages:
-        last = train_lm(cfg, workdir, load_vocabulary(cfg, workdir), stage=stage)
+        try:
+            last = train_lm(cfg, workdir, load_vocabulary(cfg, workdir), stage=stage)
+        except FileNotFoundError as error:  # SFT with no LM checkpoint to start from
+            sys.exit(f"train.py: {error}")
         if jax.process_index() == 0:  # process 0 reports for all of them
             report(cfg, workdir, stage, last, time.perf_counter() - started)
         if last.get("preempted"):

@@ -8,9 +8,11 @@ Takes the first `--conversations` held-out conversations the SFT evaluation scor
 (data/world_chat.py, split "validation") and holds each with the server turn by turn, as a chat
 client does: the pictures as PNG data URLs, the clips as base64 WAV, the system message when
 there is one. Each turn's request carries the conversation so far, with the earlier model turns as
-they were meant to go (as the evaluation asks them), so the server's greedy answers are the
-evaluation's answers. Text turns are compared with the references (exact match); a drawing turn
-is asked with `modalities: ["image"]` and its picture checked by the world's detector. Prints one
+they were meant to go (as the evaluation asks them), so the server's greedy text answers are the
+evaluation's answers. Text turns are compared with the references (exact match). A drawing turn
+is asked with `modalities: ["image"]` (the reply is held to one picture's codes, where the
+evaluation lets the model open the picture itself, and its seed is another) and its picture
+checked by the world's detector: the same test, not the same samples. Prints one
 JSON object: per kind of turn, how many were right, and the first conversation in full.
 """
 

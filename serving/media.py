@@ -72,70 +72,102 @@ def image_bytes(url: str, param: str, policy: FetchPolicy, max_bytes: int) -> by
         raise BadInput(f"{param}: not a URL ({error})", param) from None
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise BadInput(f"{param}: expected a data: URL or an http(s) URL, got {url[:60]!r}", param)
-    if parsed.hostname not in policy.hosts:
+    if parsed.hostname not in {host.lower() for host in policy.hosts}:
         raise BadInput(f"{param}: remote images are not fetched from {parsed.hostname!r} (the server's "
                        f"--allow-image-host list: {list(policy.hosts) or 'empty'}); send the image as a data: URL", param)
     try:
         return _fetch(parsed, port, policy, max_bytes)
     except BadInput as error:
         raise BadInput(f"{param}: could not fetch {url[:100]!r}: {error}", param) from None
-    except (OSError, http.client.HTTPException) as error:
+    except (OSError, ValueError, http.client.HTTPException) as error:
         raise BadInput(f"{param}: could not fetch {url[:100]!r}: {type(error).__name__}: {error}", param) from None
 
 
 def _fetch(url: urllib.parse.ParseResult, port: int, policy: FetchPolicy, max_bytes: int) -> bytes:
-    """GET `url` from the address its host resolves to, once checked; no redirects; one deadline.
+    """GET `url` from an address its host resolves to, once checked; no redirects; one deadline.
 
-    The connection goes to the checked address itself (not the name again), so a DNS answer that
-    changes between the check and the connect cannot move the fetch elsewhere. The deadline is a
-    timer that shuts the socket, which also ends a server that trickles its reply a byte at a time.
+    Every address the name resolves to must be allowed (a name that resolves to a public and a
+    private address is refused), and the connection goes to a checked address itself (not the name
+    again), so a DNS answer that changes between the check and the connect cannot move the fetch
+    elsewhere. The deadline is a timer that shuts the socket's file descriptor, which also ends a
+    server that trickles its reply a byte at a time, TLS handshake included.
     """
     deadline = time.monotonic() + policy.timeout_s
-    addresses = {info[4][0] for info in socket.getaddrinfo(url.hostname, port, type=socket.SOCK_STREAM)}
+    addresses = list(dict.fromkeys(info[4][0] for info in socket.getaddrinfo(url.hostname, port,
+                                                                            type=socket.SOCK_STREAM)))
     if not policy.private_addresses:
-        for address in sorted(addresses):
-            ip = ipaddress.ip_address(address.split("%")[0])
-            if not ip.is_global:
+        for address in addresses:
+            if not _public(ipaddress.ip_address(address.split("%")[0])):
                 raise BadInput(f"{url.hostname!r} resolves to {address}, which is not a public address; the server "
                                "fetches only from public addresses (--allow-private-image-addresses to allow others)")
-    address = sorted(addresses)[0]
-    remaining = deadline - time.monotonic()
-    held = [socket.create_connection((address, port), timeout=max(remaining, 0.001))]  # the timer shuts held[0]
-    timer = threading.Timer(max(deadline - time.monotonic(), 0.0), lambda: _shut(held[0]))
+    sock = _connect(addresses, port, deadline, policy)
+    timer = threading.Timer(max(deadline - time.monotonic(), 0.0), _shut, (sock,))
     timer.start()
     try:
         if url.scheme == "https":
-            held[0] = ssl.create_default_context().wrap_socket(held[0], server_hostname=url.hostname)
-        connection = http.client.HTTPConnection(url.hostname, port)
-        connection.sock = held[0]  # already connected to the checked address
-        connection.request("GET", (url.path or "/") + (f"?{url.query}" if url.query else ""),
-                           headers={"Accept": "image/png, image/jpeg"})
+            connection = http.client.HTTPSConnection(url.hostname, port)
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=url.hostname)
+        else:
+            connection = http.client.HTTPConnection(url.hostname, port)
+        connection.sock = sock  # already connected to the checked address
+        path = urllib.parse.quote(url.path or "/", safe="/%:@!$&'()*+,;=~")
+        query = urllib.parse.quote(url.query, safe="/%:@!$&'()*+,;=~?")
+        connection.request("GET", path + (f"?{query}" if query else ""), headers={"Accept": "image/png, image/jpeg"})
         response = connection.getresponse()
         if 300 <= response.status < 400:
             raise BadInput(f"it answered {response.status} {response.reason} (to {response.getheader('Location')!r}); "
                            "redirects are not followed: give the image's own URL")
         if response.status != 200:
             raise BadInput(f"it answered {response.status} {response.reason}")
-        data = b""
+        data = bytearray()
         while len(data) <= max_bytes and (chunk := response.read(min(65536, max_bytes + 1 - len(data)))):
             data += chunk
-    except OSError:
+    except (OSError, ValueError, AttributeError):  # a socket the deadline shut (TLS reads raise the last two)
         if time.monotonic() >= deadline:
             raise BadInput(f"it took over serve.fetch_timeout_s={policy.timeout_s} s") from None
         raise
     finally:
         timer.cancel()
-        held[0].close()
+        sock.close()
     if time.monotonic() >= deadline:
         raise BadInput(f"it took over serve.fetch_timeout_s={policy.timeout_s} s")
     if len(data) > max_bytes:
         raise BadInput(f"the image is over {max_bytes} bytes")
-    return data
+    return bytes(data)
+
+
+def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """A globally routed unicast address, and so is any IPv4 address an IPv6 one carries (mapped,
+    6to4, Teredo, NAT64): `is_global` alone passes 64:ff9b::a00:1, which reaches 10.0.0.1."""
+    if not ip.is_global or ip.is_multicast or ip.is_reserved:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        teredo = ip.teredo[1] if ip.teredo else None
+        nat64 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in ipaddress.IPv6Network("64:ff9b::/96") else None
+        compatible = ipaddress.IPv4Address(int(ip)) if int(ip) >> 32 == 0 else None
+        return all(_public(inner) for inner in (ip.ipv4_mapped, ip.sixtofour, teredo, nat64, compatible) if inner)
+    return True
+
+
+def _connect(addresses: list[str], port: int, deadline: float, policy: FetchPolicy) -> socket.socket:
+    """A connection to the first of `addresses` (in the resolver's order) that answers in time."""
+    error: OSError | None = None
+    for address in addresses:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            return socket.create_connection((address, port), timeout=remaining)
+        except OSError as failed:
+            error = failed
+    if error is not None and time.monotonic() < deadline:
+        raise error
+    raise BadInput(f"it took over serve.fetch_timeout_s={policy.timeout_s} s to connect")
 
 
 def _shut(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)  # wakes a recv blocked in another thread; close() alone does not
+    try:  # the descriptor itself: wakes a blocked recv, TLS or not (SSLSocket.shutdown would unwrap it)
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:
         pass
 

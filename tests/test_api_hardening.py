@@ -207,6 +207,8 @@ def test_a_remote_image_is_fetched_only_from_an_allowed_host_at_an_allowed_addre
         live.server.fetch_policy = FetchPolicy(hosts=("127.0.0.1",), private_addresses=True)
         status, _, reply = live.post(CHAT, chat_of(image_part(f"{by_ip}/picture.png")))
         assert status == 200, reply
+        status, _, reply = live.post(CHAT, chat_of(image_part(f"{by_ip}/pïcture.png?size=grand é")))  # quoted
+        assert status == 200, reply
     finally:
         live.server.fetch_policy = FetchPolicy()
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from checkpoints import adopt_tokenizers
 from data import conversation, world
 from data.conversation import END_OF_TURN, START_OF_TURN, Turn
 from data.segments import Audio, Image, Symbol, Text
@@ -105,3 +106,17 @@ def test_held_out_conversations_are_scored_turn_by_turn_on_the_conversation_so_f
     assert is_right(task, answer_segments(vocab, said, task.end), reference)
     wrong = np.array([*vocab.text.encode("purple"), vocab.ids[END_OF_TURN]])
     assert not is_right(task, answer_segments(vocab, wrong, task.end), reference)
+
+
+def test_tuning_another_runs_lm_takes_its_tokenizers_or_refuses_others(tmp_path):
+    def tokenizers(run, text: bytes):
+        root = run / "tokenizers"
+        (root / "image").mkdir(parents=True), (root / "audio").mkdir()
+        (root / "text.model").write_bytes(text), (root / "metrics.json").write_text("{}")
+
+    tokenizers(tmp_path / "pretrained", b"pieces")
+    assert "copied" in adopt_tokenizers(tmp_path / "pretrained", tmp_path / "fresh")
+    assert (tmp_path / "fresh" / "tokenizers" / "text.model").read_bytes() == b"pieces"
+    tokenizers(tmp_path / "other", b"other pieces")
+    with pytest.raises(ValueError, match="other tokenizers"):
+        adopt_tokenizers(tmp_path / "pretrained", tmp_path / "other")

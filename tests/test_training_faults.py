@@ -132,7 +132,8 @@ def test_a_sigterm_exits_143_saying_preempted_with_the_checkpoint_saved(tmp_path
     fault_at(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGTERM))  # during step 2
     # train.py's main as it is, on this test's small world and model; nothing else to prepare.
     cfg = config(checkpoint_every=100)
-    monkeypatch.setattr(train, "train_lm", lambda _, workdir, vocab: train_lm(cfg, workdir, vocab, splits))
+    monkeypatch.setattr(train, "train_lm", lambda _, workdir, vocab, stage="lm": train_lm(cfg, workdir, vocab, splits,
+                                                                                   stage=stage))
     monkeypatch.setattr(train, "load_vocabulary", lambda *_: vocab)
     monkeypatch.setattr(train, "tokenizers_exist", lambda _: True)
     for name in ("reuse_freed_memory", "join_other_processes", "ready_sources"):
