@@ -72,8 +72,8 @@ def test_a_mixture_without_the_world_is_evaluated_per_source_and_resumes_exactly
 
     opened = training.lm_stage.open_mixture
 
-    def preempted(cfg, workdir, split="train", world=None):
-        mixture = opened(cfg, workdir, split, world)
+    def preempted(cfg, workdir, split="train", world=None, **options):
+        mixture = opened(cfg, workdir, split, world, **options)
         if split == "train":
             mixture.sources["prepared"] = PreemptedAfter(mixture.sources["prepared"], 8)
         return mixture
