@@ -2,7 +2,7 @@
 
 Conversation `index` of `split` under `seed` is rendered from its own random stream, so any worker
 makes any one and nothing is stored; held-out splits are fresh renderings, and the compositional
-split keeps its held-out (shape, colour) pairs, as the world's examples do. Five kinds take turns:
+split keeps its held-out (shape, colour) pairs, as the world's examples do. Four kinds take turns:
 
     picture     a picture to describe (its caption), then one or two questions about it:
                 its colour, shape, size or place

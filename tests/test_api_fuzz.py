@@ -23,7 +23,7 @@ The schema is loaded at collection time (`published_schema`), not from the live 
 `schemathesis.pytest.from_fixture`: that loader sets `Function._nodeid`, which pytest 9.2 no
 longer has ("AttributeError: 'Function' object has no attribute '_nodeid'").
 
-About half of the schema-valid requests are still 400s: schemathesis spells some integers as whole
+About a quarter of the schema-valid requests are still 400s: schemathesis spells some integers as whole
 floats (`"n": 4.0`, an integer to JSON Schema), which the strict request models refuse.
 """
 
