@@ -254,6 +254,8 @@ class SFTConfig:
     """SFT steps between held-out evals; the last step is always evaluated"""
     sources: tuple[str, ...] = ("world:1",)
     """SFT's mixture, as data.sources spells it: world:W is the world's conversations (data/world_chat.py); a manifest's conversations train their assistant turns"""
+    replay: float = 0.1
+    """share of the world's SFT weight given to its pre-training examples (the rest: its conversations), so that tuning keeps the pre-trained tasks"""
     init_from: str | None = None
     """start from this run's latest LM checkpoint (its workdir; parameters only) instead of this run's"""
 
@@ -262,6 +264,8 @@ class SFTConfig:
         for name in ("steps", "warmup_steps"):
             if getattr(self, name) < 0:
                 _fail(f"sft.{name}", f"must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.replay < 1:
+            _fail("sft.replay", f"must be in [0, 1), got {self.replay}")
         for spec in self.sources:
             try:
                 parse_source(spec)

@@ -1,6 +1,6 @@
 """`tiny`: a few million parameters; trains and serves on a 2-core CPU in minutes."""
 
-from configs.base import Config, DataConfig, MeshConfig, ModelConfig, ServeConfig, TrainConfig
+from configs.base import Config, DataConfig, MeshConfig, ModelConfig, ServeConfig, SFTConfig, TrainConfig
 
 
 def config() -> Config:
@@ -32,5 +32,8 @@ def config() -> Config:
         data=DataConfig(seq_len=512, global_batch_size=4, world_mixture=(3.0, 2.0, 1.0)),
         # As many steps as fit the 20-minute budget of the CPU quickstart with its tokenizer stage.
         train=TrainConfig(steps=3000, learning_rate=2e-3, warmup_steps=50, checkpoint_every=500, eval_every=1000),
+        # Instruction tuning within 6 minutes: a tenth of the world's examples replayed keeps the
+        # pre-trained tasks; one eval, at the end (docs/performance.md has the settings tried).
+        sft=SFTConfig(steps=420, learning_rate=1e-3, eval_every=420),
         serve=ServeConfig(slots=8, max_cache_len=512),
     )

@@ -141,7 +141,7 @@ def world_splits(workdir: Path) -> dict:
 
 
 def open_mixture(cfg: Config, workdir: Path, split: str = "train", world: dict | None = None,
-                 raw: bool = False, conversations: bool = False) -> Mixture:
+                 raw: bool = False, conversations: bool = False, replay: float = 0.0) -> Mixture:
     """Every source's `split` ("train" or "validation"), ready for `packed_batches` or the evaluation.
 
     For "train" every source must have records; for "validation", a source without a held-out
@@ -149,7 +149,8 @@ def open_mixture(cfg: Config, workdir: Path, split: str = "train", world: dict |
     world under `<workdir>/data`. A manifest source reads its encoded records where they are
     current (data/encode.py), its prepared media otherwise or with `raw` (the tokenizer stage).
     `conversations` (the SFT stage): the world enters as its conversations (data/world_chat.py),
-    one stream, `world/conversation`, rendered as they are read."""
+    one stream, `world/conversation`, rendered as they are read, beside its pre-training examples
+    with a `replay` share of the world's weight (so tuning keeps what pre-training taught)."""
     workdir = Path(workdir).absolute()
     sources, readers, weights, source_of = {}, {}, {}, {}
     for spec in cfg.data.source_specs():
@@ -157,11 +158,12 @@ def open_mixture(cfg: Config, workdir: Path, split: str = "train", world: dict |
             stream = "world/conversation"
             chats = WorldConversations(cfg.data.seed, split, CONVERSATIONS[split])
             sources[stream], readers[stream], source_of[stream] = chats, chats.read, "world"
-            weights[stream] = spec.weight
-            continue
+            weights[stream] = spec.weight * (1 - replay)
+            if not replay:
+                continue
         if spec.kind == "world":
             records = (world or world_splits(workdir))[split]
-            share = sum(cfg.data.world_mixture)
+            share = sum(cfg.data.world_mixture) / (replay if conversations else 1)
             for (kind, source), part in zip(world_by_kind(records, split).items(), cfg.data.world_mixture):
                 stream = f"world/{kind}"
                 sources[stream], readers[stream], source_of[stream] = source, read_world, "world"

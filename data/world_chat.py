@@ -4,9 +4,9 @@ Conversation `index` of `split` under `seed` is rendered from its own random str
 makes any one and nothing is stored; held-out splits are fresh renderings, and the compositional
 split keeps its held-out (shape, colour) pairs, as the world's examples do. Four kinds take turns:
 
-    picture     a picture to describe (its caption), then one or two questions about it:
+    picture     a picture to describe (its caption), then two or three questions about it:
                 its colour, shape, size or place
-    clip        a clip to transcribe, then how many tones, or the first or the last one
+    clip        a clip to transcribe, then one or two of: how many tones, the first, the last
     drawing     a request to draw (answered with a picture), then "now draw it in the <place>"
                 (the same shape, colour and size moved: a turn that refers back to an earlier one)
     two         two pictures described in turn, then a question about the first one
@@ -29,7 +29,10 @@ from data.segments import Audio, Image, Text
 from data.templates import CAPTION_PROMPT, DRAW_PROMPT, TRANSCRIBE_PROMPT
 
 KINDS = ("picture", "clip", "drawing", "two")
-SPLIT_KINDS = {"train": KINDS, "validation": KINDS, "compositional": ("picture", "drawing", "two")}
+# Training meets drawings less often than the rest: one trains two pictures' codes (130 tokens), as
+# many as a dozen follow-up answers of a few words each.
+SPLIT_KINDS = {"train": ("picture", "clip", "two", "clip", "drawing", "picture"), "validation": KINDS,
+               "compositional": ("picture", "drawing", "two")}
 SENTENCES = "Answer in whole sentences."
 NUMBERS = {2: "two", 3: "three", 4: "four"}
 QUESTIONS = {"colour": "What colour is it?", "shape": "What shape is it?", "size": "How big is it?",
@@ -80,7 +83,7 @@ def sample_conversation(rng: np.random.Generator, kind: str, split: str) -> tupl
             user(Text(CAPTION_PROMPT), Image(pixels=world.render_image(rng, *attributes)))
             model("caption", Text(words), text=words)
         if kind == "picture":
-            for attribute in rng.choice(list(QUESTIONS), size=rng.integers(1, 3), replace=False):
+            for attribute in rng.choice(list(QUESTIONS), size=rng.integers(2, 4), replace=False):
                 question, reply = _follow_up(str(attribute), pictures[0], sentences)
                 user(Text(question))
                 model("follow-up", Text(reply), text=reply)
@@ -95,12 +98,14 @@ def sample_conversation(rng: np.random.Generator, kind: str, split: str) -> tupl
         words = world.transcript(symbols)
         user(Text(TRANSCRIBE_PROMPT), Audio(waveform=world.render_dtmf(rng, symbols)))
         model("transcript", Text(words), text=words)
-        question, value, sentence = [("How many tones?", NUMBERS[len(symbols)], "There were {}."),
-                                     ("What was the first tone?", symbols[0], "It was {}."),
-                                     ("What was the last tone?", symbols[-1], "It was {}.")][rng.integers(3)]
-        reply = sentence.format(value) if sentences else value
-        user(Text(question))
-        model("follow-up", Text(reply), text=reply)
+        questions = [("How many tones?", NUMBERS[len(symbols)], "There were {}."),
+                     ("What was the first tone?", symbols[0], "It was {}."),
+                     ("What was the last tone?", symbols[-1], "It was {}.")]
+        for asked in rng.choice(len(questions), size=rng.integers(1, 3), replace=False):
+            question, value, sentence = questions[asked]
+            reply = sentence.format(value) if sentences else value
+            user(Text(question))
+            model("follow-up", Text(reply), text=reply)
     elif kind == "drawing":
         shape, colour, size, position = world.sample_attributes(rng, split)
         user(Text(f"{DRAW_PROMPT} {world.caption(shape, colour, size, position)}"))

@@ -1,6 +1,6 @@
 """Hold the world's held-out conversations with a served, instruction-tuned run, through the `openai` client.
 
-    python train.py --config tiny --sft.steps 400         # the LM, then SFT (<workdir>/sft/)
+    python train.py --config tiny                          # the LM, then SFT (<workdir>/sft/)
     python serve.py --workdir runs/tiny &                 # serves the SFT checkpoint
     python examples/chat_the_world.py [--base-url http://127.0.0.1:8000/v1] [--conversations 200]
 

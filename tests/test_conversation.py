@@ -4,9 +4,12 @@ import numpy as np
 import pytest
 
 from checkpoints import adopt_tokenizers
+from configs import get_config
 from data import conversation, world
 from data.conversation import END_OF_TURN, START_OF_TURN, Turn
+from data.mixture import open_mixture
 from data.segments import Audio, Image, Symbol, Text
+from data.world_builder import build_world
 from data.world_chat import KINDS, make_conversation
 from training.evaluate import answer_segments, conversation_tasks, is_right
 
@@ -84,7 +87,9 @@ def test_the_world_conversations_cover_every_kind_and_a_system_message_changes_t
     kinds, forms = set(), {}
     for index in range(80):
         turns, answers = make_conversation(0, "train", index)
-        kinds.add(KINDS[index % len(KINDS)])
+        said = {answer.kind for answer in answers}
+        kinds.add("drawing" if "drawing" in said else "clip" if "transcript" in said else
+                  "two" if sum(answer.kind == "caption" for answer in answers) == 2 else "picture")
         follow = [a.text for a in answers if a.kind == "follow-up"]
         if follow:
             forms.setdefault(turns[0].role == "system", set()).add(follow[-1].endswith("."))
@@ -120,3 +125,14 @@ def test_tuning_another_runs_lm_takes_its_tokenizers_or_refuses_others(tmp_path)
     tokenizers(tmp_path / "other", b"other pieces")
     with pytest.raises(ValueError, match="other tokenizers"):
         adopt_tokenizers(tmp_path / "pretrained", tmp_path / "other")
+
+
+@pytest.mark.parametrize("replay", [0.0, 0.25])
+def test_sft_mixture_gives_its_replay_share_of_the_world_to_pre_training_examples(tmp_path, replay):
+    splits = build_world(str(tmp_path / "world"), seed=2, train=40, validation=8, compositional=4).as_data_source()
+    cfg = get_config("tiny")
+    mixture = open_mixture(cfg, tmp_path / "run", "train", splits, conversations=True, replay=replay)
+    assert mixture.weights["world/conversation"] == pytest.approx(1 - replay)
+    examples = {name: weight for name, weight in mixture.weights.items() if name != "world/conversation"}
+    assert sum(examples.values()) == pytest.approx(replay)
+    assert bool(examples) == bool(replay) and all(name.startswith("world/") for name in examples)

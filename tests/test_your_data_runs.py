@@ -98,7 +98,7 @@ def test_a_tfds_dataset_with_a_feature_mapping_trains_through_train_py(tmp_path)
     workdir = tmp_path / "run"
     command = [sys.executable, "train.py", "--config", "tiny", "--workdir", str(workdir), "--data.sources", source,
                "--data.seq-len", "128", "--data.global-batch-size", "2", "--train.steps", "2",
-               "--train.eval-every", "100", "--tokenizers.text-examples", "20",
+               "--train.eval-every", "100", "--sft.steps", "0", "--tokenizers.text-examples", "20",
                "--tokenizers.image.steps", "2", "--tokenizers.audio.steps", "2", "--tokenizers.eval-images", "4",
                "--tokenizers.eval-clips", "4"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)

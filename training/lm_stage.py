@@ -112,8 +112,9 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, world: dict | None =
         encode_sources(cfg, workdir, vocab, log)
     multihost_utils.sync_global_devices("data sources made")
     conversations = stage == "sft"
-    train = open_mixture(cfg, workdir, "train", world, conversations=conversations)
-    held_out = open_mixture(cfg, workdir, "validation", world, conversations=conversations)
+    replay = cfg.sft.replay if conversations else 0.0
+    train = open_mixture(cfg, workdir, "train", world, conversations=conversations, replay=replay)
+    held_out = open_mixture(cfg, workdir, "validation", world, conversations=conversations, replay=replay)
     mesh = make_mesh(cfg.mesh)
     options = ocp.CheckpointManagerOptions(max_to_keep=cfg.train.keep_checkpoints, enable_async_checkpointing=True)
     manager = ocp.CheckpointManager(out / "checkpoints", options=options, item_names=CHECKPOINT_ITEMS)
