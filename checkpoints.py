@@ -20,7 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from configs.base import Config
+from configs.base import Config, ModelConfig
 from data.vocab import Vocabulary
 from data.world import world_texts
 from model.transformer import Transformer
@@ -105,6 +105,14 @@ def latest_stage(workdir: Path) -> str:
     return "sft" if folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir()) else "lm"
 
 
+def abstract_params(cfg: ModelConfig, mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, nnx.State]:
+    """The model's parameters as shapes with their shardings on `mesh`: what a restore or an import fills."""
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    return graphdef, jax.tree.map(
+        lambda var, sharding: var.replace(jax.ShapeDtypeStruct(var.shape, var.dtype, sharding=sharding)),
+        params, state_shardings(params, mesh), is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
 def restore_params(cfg: Config, workdir: Path, mesh: jax.sharding.Mesh,
                    stage: str = "lm") -> tuple[nnx.GraphDef, nnx.State, int]:
     """(graphdef, params, step) of the latest checkpoint of `stage` under `workdir`, laid out for `mesh`.
@@ -124,12 +132,8 @@ def restore_params(cfg: Config, workdir: Path, mesh: jax.sharding.Mesh,
               if k in saved and _plain(saved[k]) != _plain(ours[k])]
     if differ:
         raise ValueError(f"the checkpoint at step {step} was trained with another model: {'; '.join(differ)}")
-    abstract = nnx.eval_shape(lambda: Transformer(cfg.model, rngs=nnx.Rngs(0)))
-    graphdef, abstract_params = nnx.split(abstract, nnx.Param)
-    shardings = state_shardings(abstract_params, mesh)
-    target = {"params": jax.tree.map(
-        lambda var, sharding: var.replace(jax.ShapeDtypeStruct(var.shape, var.dtype, sharding=sharding)),
-        abstract_params, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))}
+    graphdef, abstract = abstract_params(cfg.model, mesh)
+    target = {"params": abstract}
     # Only the parameters are read: the optimizer state in the checkpoint is left on disk.
     restore = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                                      partial_restore=True)

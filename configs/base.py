@@ -16,7 +16,9 @@ from configs.tokenizers import TokenizersConfig
 AttentionBackend = Literal["xla", "cudnn", "splash"]  # splash: the Pallas kernel on TPU, xla elsewhere
 RematPolicy = Literal["none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"]
 DType = Literal["float32", "bfloat16", "float16"]
+Activation = Literal["silu", "gelu_tanh"]  # SwiGLU (Llama, ours), GeGLU (Gemma)
 ATTENTION_BACKENDS, REMAT_POLICIES, DTYPES = get_args(AttentionBackend), get_args(RematPolicy), get_args(DType)
+ACTIVATIONS = get_args(Activation)
 
 
 def _fail(field: str, message: str) -> None:
@@ -57,6 +59,13 @@ class ModelConfig:
     """the output projection reuses the input embedding table"""
     qk_norm: bool = False
     """RMS-normalise queries and keys before attention"""
+    # Options that open-weight families need (open_weights/): each defaults to the project's own choice.
+    mlp_activation: Activation = "silu"
+    """the gated MLP's gate: silu (SwiGLU: Llama's and ours) or gelu_tanh (GeGLU: Gemma's)"""
+    norm_offset: bool = False
+    """every RMSNorm scales by 1 + w, its weight starting at 0 (Gemma's), rather than by w"""
+    embed_scale: bool = False
+    """the input embeddings are multiplied by sqrt(d_model) (Gemma's); the tied head is not"""
     rope_base: float = 10_000.0
     """base of RoPE's rotation frequencies"""
     norm_eps: float = 1e-6
@@ -98,6 +107,8 @@ class ModelConfig:
             if levels and math.prod(levels) != size:
                 _fail(f"model.{kind}_code_levels", f"{tuple(levels)} make {math.prod(levels)} codes, not "
                       f"model.{kind}_vocab_size={size}")
+        if self.mlp_activation not in ACTIVATIONS:
+            _fail("model.mlp_activation", f"unknown activation {self.mlp_activation!r}; choose from {ACTIVATIONS}")
         for name in ("param_dtype", "compute_dtype"):
             if getattr(self, name) not in DTYPES:
                 _fail(f"model.{name}", f"unknown dtype {getattr(self, name)!r}; choose from {DTYPES}")

@@ -101,8 +101,8 @@ class Attention(nnx.Module):
         self.k_dkh = param(rngs, (d, k, h), ("embed", "kv", "head_dim"), d**-0.5, dtype, contract=(0,))
         self.v_dkh = param(rngs, (d, k, h), ("embed", "kv", "head_dim"), d**-0.5, dtype, contract=(0,))
         self.o_nhd = param(rngs, (n, h, d), ("heads", "head_dim", "embed"), (n * h) ** -0.5, dtype, contract=(0, 1))
-        self.q_norm = RMSNorm(h, "head_dim", cfg.norm_eps, dtype) if cfg.qk_norm else None
-        self.k_norm = RMSNorm(h, "head_dim", cfg.norm_eps, dtype) if cfg.qk_norm else None
+        self.q_norm = RMSNorm(h, "head_dim", cfg.norm_eps, dtype, cfg.norm_offset) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(h, "head_dim", cfg.norm_eps, dtype, cfg.norm_offset) if cfg.qk_norm else None
         self.rope_base = cfg.rope_base
         self.backend = cfg.attention_backend
 

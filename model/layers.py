@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -12,8 +13,8 @@ from model.weights import FloatMatrix, Int8Matrix, matrix, param
 from parallel.sharding import constrain
 
 
-def ones_param(shape: tuple[int, ...], names: tuple[str | None, ...], dtype) -> nnx.Param:
-    return nnx.Param(jnp.ones(shape, dtype), out_sharding=names, eager_sharding=False)
+def constant_param(value: float, shape: tuple[int, ...], names: tuple[str | None, ...], dtype) -> nnx.Param:
+    return nnx.Param(jnp.full(shape, value, dtype), out_sharding=names, eager_sharding=False)
 
 
 def project(x: jax.Array, w: nnx.Param, out_dtype=None) -> jax.Array:
@@ -22,16 +23,18 @@ def project(x: jax.Array, w: nnx.Param, out_dtype=None) -> jax.Array:
 
 
 class RMSNorm(nnx.Module):
-    """x / rms(x) * scale, computed in float32 whatever the compute dtype."""
+    """x / rms(x) * scale, computed in float32 whatever the compute dtype; with `offset` (Gemma's
+    layout) the scale is 1 + w, w starting at 0."""
 
-    def __init__(self, dim: int, axis_name: str, eps: float, param_dtype):
-        self.scale = ones_param((dim,), (axis_name,), param_dtype)
-        self.eps = eps
+    def __init__(self, dim: int, axis_name: str, eps: float, param_dtype, offset: bool = False):
+        self.scale = constant_param(0.0 if offset else 1.0, (dim,), (axis_name,), param_dtype)
+        self.eps, self.offset = eps, offset
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (normed * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+        scale = self.scale[...].astype(jnp.float32)
+        return (normed * (1 + scale if self.offset else scale)).astype(x.dtype)
 
 
 class Embedding(nnx.Module):
@@ -93,10 +96,14 @@ class Embedding(nnx.Module):
         return self.table().dot(x_btd, out_dtype=jnp.float32)
 
 
-class GatedMLP(nnx.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+ACTIVATIONS = {"silu": jax.nn.silu, "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True)}
 
-    def __init__(self, d_model: int, mlp_dim: int, param_dtype, rngs: nnx.Rngs):
+
+class GatedMLP(nnx.Module):
+    """SwiGLU, down(silu(gate(x)) * up(x)), or with `activation="gelu_tanh"` GeGLU."""
+
+    def __init__(self, d_model: int, mlp_dim: int, param_dtype, rngs: nnx.Rngs, activation: str = "silu"):
+        self.activation = activation
         self.gate_dm = param(rngs, (d_model, mlp_dim), ("embed", "mlp"), d_model**-0.5, param_dtype, contract=(0,))
         self.up_dm = param(rngs, (d_model, mlp_dim), ("embed", "mlp"), d_model**-0.5, param_dtype, contract=(0,))
         self.down_md = param(rngs, (mlp_dim, d_model), ("mlp", "embed"), mlp_dim**-0.5, param_dtype, contract=(0,))
@@ -104,7 +111,7 @@ class GatedMLP(nnx.Module):
     def __call__(self, x_btd: jax.Array) -> jax.Array:
         gate_btm = project(x_btd, self.gate_dm)
         up_btm = project(x_btd, self.up_dm)
-        hidden_btm = constrain(jax.nn.silu(gate_btm) * up_btm, ("batch", "length", "mlp"))
+        hidden_btm = constrain(ACTIVATIONS[self.activation](gate_btm) * up_btm, ("batch", "length", "mlp"))
         return project(hidden_btm, self.down_md)
 
 

@@ -40,10 +40,10 @@ REMAT_POLICIES = {
 
 class Block(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        self.attention_norm = RMSNorm(cfg.d_model, "embed", cfg.norm_eps, cfg.param_dtype)
+        self.attention_norm = RMSNorm(cfg.d_model, "embed", cfg.norm_eps, cfg.param_dtype, cfg.norm_offset)
         self.attention = Attention(cfg, rngs)
-        self.mlp_norm = RMSNorm(cfg.d_model, "embed", cfg.norm_eps, cfg.param_dtype)
-        self.mlp = GatedMLP(cfg.d_model, cfg.mlp_dim, cfg.param_dtype, rngs)
+        self.mlp_norm = RMSNorm(cfg.d_model, "embed", cfg.norm_eps, cfg.param_dtype, cfg.norm_offset)
+        self.mlp = GatedMLP(cfg.d_model, cfg.mlp_dim, cfg.param_dtype, rngs, cfg.mlp_activation)
 
     def __call__(self, x_btd, positions_bt, segment_ids_bt, layer_cache, cache_segment_ids_bs):
         h_btd, layer_cache = self.attention(
@@ -72,7 +72,7 @@ class Transformer(nnx.Module):
                 return Block(cfg, rngs)
 
             self.blocks = make_blocks(rngs)
-        self.final_norm = RMSNorm(cfg.d_model, "embed", cfg.norm_eps, cfg.param_dtype)
+        self.final_norm = RMSNorm(cfg.d_model, "embed", cfg.norm_eps, cfg.param_dtype, cfg.norm_offset)
         if not cfg.tie_embeddings:
             self.unembed_dv = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.d_model**-0.5,
                                     cfg.param_dtype, contract=(0,))
@@ -99,7 +99,10 @@ class Transformer(nnx.Module):
             positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1], dtype=jnp.int32), tokens_bt.shape)
         if segment_ids_bt is None:
             segment_ids_bt = jnp.ones(tokens_bt.shape, jnp.int32)
-        x_btd = constrain(self.embedding.encode(tokens_bt, cfg.compute_dtype), ("batch", "length", None))
+        x_btd = self.embedding.encode(tokens_bt, cfg.compute_dtype)
+        if cfg.embed_scale:  # in the compute dtype, as Gemma rounds it
+            x_btd = x_btd * jnp.asarray(cfg.d_model**0.5, x_btd.dtype)
+        x_btd = constrain(x_btd, ("batch", "length", None))
 
         if self.layout == "stacked":
             if cache is not None:

@@ -1,0 +1,51 @@
+"""Tiny random Hugging Face models of the two families, saved as transformers saves them (no download).
+
+Llama with grouped-query attention and an untied head; Gemma with multi-query attention, its
+norms' weights drawn away from 0 so that their 1 + w scale is exercised.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from checkpoints import abstract_params
+from configs.base import MeshConfig, ModelConfig
+from open_weights.architecture import model_config
+from open_weights.tensors import import_params
+from parallel.sharding import make_mesh
+
+VOCAB = 300
+SHAPE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             head_dim=16, max_position_embeddings=128, initializer_range=0.1)
+
+
+def save_hf_model(family: str, folder: Path) -> torch.nn.Module:
+    """A random `family` ("llama" or "gemma") model in float32, saved to `folder`; returned in eval mode."""
+    torch.manual_seed(0)
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**SHAPE, num_key_value_heads=2, rope_theta=500_000.0,
+                                             tie_word_embeddings=False, bos_token_id=1, eos_token_id=2))
+    else:
+        model = GemmaForCausalLM(GemmaConfig(**SHAPE, num_key_value_heads=1))
+        with torch.no_grad():
+            for name, weight in model.named_parameters():
+                if "norm" in name:
+                    weight.normal_(0, 0.5)
+    model.save_pretrained(folder)
+    return model.eval()
+
+
+def float32_config(folder: Path, **overrides) -> ModelConfig:
+    hf = json.loads((Path(folder) / "config.json").read_text())
+    return model_config(hf, param_dtype="float32", compute_dtype="float32", remat_policy="none", **overrides)
+
+
+def import_on_one_device(folder: Path, cfg: ModelConfig, **kwargs):
+    """(graphdef, params) of the checkpoint in `folder` on a one-device mesh."""
+    mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1))
+    graphdef, abstract = abstract_params(cfg, mesh)
+    return graphdef, import_params(folder, cfg, (graphdef, abstract), **kwargs)

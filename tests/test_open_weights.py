@@ -1,0 +1,141 @@
+"""Hugging Face Llama and Gemma checkpoints: imported logits and generations equal transformers',
+export loads in transformers as it is, the round trip is bit-exact, and a wrong checkpoint is named."""
+
+import dataclasses
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from configs.base import MeshConfig
+from model.transformer import forward, init_model
+from open_weights.architecture import UnsupportedCheckpoint, hf_config, model_config
+from open_weights.tensors import export_tensors, save_tensors
+from parallel.sharding import make_mesh
+from serving.engine import Engine, SamplingParams
+from serving.offline import generate
+from tests.helpers import small_model_config
+from tests.hf_models import VOCAB, float32_config, import_on_one_device, save_hf_model
+
+FAMILIES = ["llama", "gemma"]  # grouped-query attention and an untied head; multi-query, GeGLU, 1 + w, scaled embeddings
+# Two prompts of different lengths in one batch, the shorter padded (segment 0 / attention mask 0).
+TOKENS = np.array([[5, 17, 99, 250, 3, 8, 2, 1, 40, 41], [7, 7, 9, 11, 299, 0, 0, 0, 0, 0]])
+MASK = np.array([[1] * 10, [1] * 5 + [0] * 5])
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def hf(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    return request.param, folder, save_hf_model(request.param, folder)
+
+
+def hf_logits(model, tokens=TOKENS, mask=MASK) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.numpy()
+
+
+def our_logits(graphdef, params, tokens=TOKENS, mask=MASK) -> np.ndarray:
+    logits, _ = forward(graphdef, params, jnp.asarray(tokens), None, jnp.asarray(mask))
+    return np.asarray(logits)
+
+
+def test_the_families_map_onto_the_models_options(hf):
+    family, folder, _ = hf
+    cfg = float32_config(folder)
+    expected = {"llama": ("silu", False, False, False, 2), "gemma": ("gelu_tanh", True, True, True, 1)}[family]
+    assert (cfg.mlp_activation, cfg.norm_offset, cfg.embed_scale, cfg.tie_embeddings, cfg.num_kv_heads) == expected
+    assert cfg.rope_base == {"llama": 500_000.0, "gemma": 10_000.0}[family]
+
+
+def test_imported_logits_equal_the_hf_models_on_ragged_prompts(hf):
+    family, folder, model = hf
+    graphdef, params = import_on_one_device(folder, float32_config(folder))
+    ours, theirs = our_logits(graphdef, params)[..., :VOCAB], hf_logits(model)
+    real = MASK.astype(bool)
+    assert np.abs(ours - theirs)[real].max() < 1e-4
+    assert np.abs(theirs).max() > 0.1  # logits of some size: the comparison is not of zeros
+
+
+def test_greedy_generation_through_our_engine_equals_hf_generate(hf):
+    family, folder, model = hf
+    cfg = float32_config(folder)
+    graphdef, params = import_on_one_device(folder, cfg)
+    mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1))
+    eos = model.config.eos_token_id
+    engine = Engine(cfg, graphdef, params, mesh, slots=4, cache_len=64, eos_id=eos, real_vocab=VOCAB)
+    prompts = [np.array([1, 5, 17, 99]), np.array([1, 250, 3, 8, 2, 40, 41, 60, 61]), np.array([1, 7])]
+    ours = generate(engine, prompts, SamplingParams(max_tokens=12))
+    for prompt, said in zip(prompts, ours):
+        with torch.no_grad():
+            out = model.generate(torch.tensor(prompt[None]), max_new_tokens=12, do_sample=False, eos_token_id=eos,
+                                 pad_token_id=0)
+        assert said.tolist() == out[0, len(prompt):].tolist()
+
+
+def test_export_loads_in_transformers_as_it_is_and_gives_the_same_logits(hf, tmp_path):
+    family, folder, model = hf
+    cfg = float32_config(folder)
+    graphdef, params = import_on_one_device(folder, cfg)
+    out = tmp_path / "export"
+    save_tensors(export_tensors(cfg, graphdef, params), out)
+    (out / "config.json").write_text(json.dumps(hf_config(cfg, {"bos": 1, "eos": 2, "pad": 0})))
+    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(loaded).__name__ == type(model).__name__
+    assert loaded.config.vocab_size == cfg.vocab_size  # padded to a multiple of 128: rows past 300 are zeros
+    assert np.abs(hf_logits(loaded)[..., :VOCAB] - hf_logits(model))[MASK.astype(bool)].max() < 1e-5
+
+
+def test_import_export_import_is_bit_exact(hf, tmp_path):
+    family, folder, _ = hf
+    cfg = float32_config(folder)
+    graphdef, params = import_on_one_device(folder, cfg)
+    save_tensors(export_tensors(cfg, graphdef, params), tmp_path / "again", shard_bytes=100_000)  # several shards
+    shutil.copy(folder / "config.json", tmp_path / "again" / "config.json")
+    assert (tmp_path / "again" / "model.safetensors.index.json").is_file()
+    _, again = import_on_one_device(tmp_path / "again", cfg)
+    first, second = _flat(params), _flat(again)
+    assert first.keys() == second.keys() and all(np.array_equal(first[k], second[k]) for k in first)
+
+
+def _flat(params) -> dict[str, np.ndarray]:
+    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+def test_our_own_model_with_code_digit_rows_exports_as_llama_with_the_same_logits(tmp_path):
+    cfg = small_model_config(image_vocab_size=30, audio_vocab_size=20, image_code_levels=(5, 6), audio_code_levels=(4, 5))
+    mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1))
+    graphdef, params = init_model(cfg, mesh, seed=3)
+    save_tensors(export_tensors(cfg, graphdef, params), tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(hf_config(cfg, {"bos": 1, "eos": 2, "pad": 0})))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    tokens = np.array([[1, 5, cfg.text_vocab_size + 3, cfg.text_vocab_size + cfg.image_vocab_size + 7, 9]])
+    mask = np.ones_like(tokens)
+    assert np.abs(hf_logits(loaded, tokens, mask) - our_logits(graphdef, params, tokens, mask)).max() < 1e-4
+
+
+def test_a_tensor_of_another_shape_or_a_missing_one_is_named(hf, tmp_path):
+    family, folder, _ = hf
+    cfg = float32_config(folder)
+    with pytest.raises(UnsupportedCheckpoint, match=r"tensor model\.layers\.0\.self_attn\.[qo]_proj\.weight has shape \(64, 64\), the model expects"):
+        import_on_one_device(folder, dataclasses.replace(cfg, num_heads=8, head_dim=16))
+    with pytest.raises(UnsupportedCheckpoint, match=r"has no tensor 'model\.layers\.2\.[a-z_.]+\.weight'"):
+        import_on_one_device(folder, dataclasses.replace(cfg, num_layers=3))
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"model_type": "gemma2"}, "model_type 'gemma2'"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope_scaling"),
+    ({"attention_bias": True}, "attention_bias"),
+    ({"hidden_act": "relu"}, "hidden_act 'relu'"),
+])
+def test_an_architecture_the_model_cannot_hold_is_refused_naming_the_field(hf, change, named):
+    _, folder, _ = hf
+    config = {**json.loads((folder / "config.json").read_text()), **change}
+    config.pop("hidden_activation", None)
+    with pytest.raises(UnsupportedCheckpoint, match=named.replace("(", r"\(")):
+        model_config(config)
