@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import torch
 from transformers import GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -46,6 +47,6 @@ def float32_config(folder: Path, **overrides) -> ModelConfig:
 
 def import_on_one_device(folder: Path, cfg: ModelConfig, **kwargs):
     """(graphdef, params) of the checkpoint in `folder` on a one-device mesh."""
-    mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1))
+    mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
     graphdef, abstract = abstract_params(cfg, mesh)
     return graphdef, import_params(folder, cfg, (graphdef, abstract), **kwargs)
