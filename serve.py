@@ -30,6 +30,7 @@ from checkpoints import (checkpoint_dir, latest_stage, load_vocabulary, restore_
                          untrained_vocabulary)
 from configs.cli import parse
 from model.transformer import init_model
+from open_weights.load import describe, hf_folder, text_model
 from parallel.aot import compile_on_cpu, compile_only
 from parallel.sharding import make_mesh
 from serving.api import make_app
@@ -47,6 +48,8 @@ class ServeFlags:
     """the training run to serve: its latest checkpoint and its tokenizers"""
     random_init: tyro.conf.FlagCreatePairsOff[bool] = False
     """serve untrained weights: no checkpoint needed (smoke tests)"""
+    init_from: str | None = None
+    """serve a Hugging Face Llama or Gemma checkpoint directly, hf:DIR (its weights and tokenizer.model; text only)"""
     api_key: Annotated[str | None, tyro.conf.arg(help_behavior_hint="(default: $SERVE_API_KEY)")] = (
         dataclasses.field(default_factory=lambda: os.environ.get("SERVE_API_KEY")))
     """require `Authorization: Bearer KEY` on every route but /health"""
@@ -68,7 +71,12 @@ def main() -> None:
     workdir = Path(flags.workdir or f"runs/{cfg.name}")
     try:
         mesh = make_mesh(cfg.mesh)
-        if flags.random_init:
+        if flags.init_from:  # open_weights/: the checkpoint's architecture, our control symbols after its ids
+            folder = hf_folder(flags.init_from)
+            cfg, vocab, graphdef, params = text_model(folder, cfg, mesh)
+            stage, step = "imported", 0
+            print(f"serving the {describe(folder, cfg.model)}")
+        elif flags.random_init:
             graphdef, params = init_model(cfg.model, mesh, cfg.train.seed)
             vocab = load_vocabulary(cfg, workdir) if tokenizers_exist(workdir) else untrained_vocabulary(cfg)
             print(f"serving {cfg.name} with random weights")
@@ -81,7 +89,8 @@ def main() -> None:
         sys.exit(f"serve.py: {error}")
     fetch_policy = FetchPolicy(flags.allow_image_host, flags.allow_private_image_addresses, cfg.serve.fetch_timeout_s)
     server = make_server(cfg, vocab, graphdef, params, mesh, api_key=flags.api_key, fetch_policy=fetch_policy,
-                         tuned=None if flags.random_init else (stage, step))
+                         tuned=None if flags.random_init else (stage, step),
+                         model_name=folder.name if flags.init_from else cfg.name)
     del params  # the engine keeps its own copy, prepared for decoding: this one would double the memory
     uvicorn.Server(uvicorn_config(make_app(server), cfg.serve, log_level="info")).run()
 

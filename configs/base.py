@@ -372,7 +372,7 @@ class Config:
             if levels and levels != tuple(getattr(self.tokenizers, kind).levels):
                 _fail(f"model.{kind}_code_levels", f"{levels} differ from tokenizers.{kind}.levels="
                       f"{getattr(self.tokenizers, kind).levels}")
-            if getattr(self.model, f"{kind}_vocab_size") != codes:
+            if getattr(self.model, f"{kind}_vocab_size") not in (0, codes):  # 0: a text-only model (serve.py --init-from)
                 _fail(f"model.{kind}_vocab_size", f"{getattr(self.model, f'{kind}_vocab_size')} differs from the "
                       f"{codes} codes of tokenizers.{kind}.levels={getattr(self.tokenizers, kind).levels}")
         if self.data.seq_len > self.model.max_seq_len:

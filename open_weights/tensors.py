@@ -102,7 +102,7 @@ class Checkpoint:
 
 
 def read_shard(checkpoint: Checkpoint, layout: Layout, size: dict[str, int], index: tuple[slice, ...],
-               layer: int | None, extra_rows: Callable[[int, int], np.ndarray] | None) -> np.ndarray:
+               layer: int | None, extra_rows: Callable[[str, int, int], np.ndarray] | None) -> np.ndarray:
     """The slice `index` (over the model's axes) of one layer's parameter, read from its tensor.
 
     A merged axis is read whole in its minor part (a head's every dimension), then sliced."""
@@ -130,30 +130,36 @@ def read_shard(checkpoint: Checkpoint, layout: Layout, size: dict[str, int], ind
     array = array.transpose([symbols.index(symbol) for symbol in layout.ours])
     if "V" in want and len(have["V"]) < len(want["V"]):
         first, stop = have["V"].stop, want["V"].stop
-        rows = extra_rows(first, stop) if extra_rows else np.zeros((stop - first, size["D"]), array.dtype)
+        rows = extra_rows(name, first, stop) if extra_rows else np.zeros((stop - first, size["D"]), array.dtype)
         rows = rows[:, want["D"].start:want["D"].stop].astype(array.dtype)
         array = np.concatenate([array, rows if layout.ours.index("V") == 0 else rows.T], axis=layout.ours.index("V"))
     return array
 
 
+def _shape_of(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(len(range(*where.indices(size))) for where, size in zip(index, shape))
+
+
 def import_params(folder: Path, cfg: ModelConfig, graphdef_and_abstract: tuple[nnx.GraphDef, nnx.State],
-                  extra_rows: Callable[[int, int], np.ndarray] | None = None,
+                  extra_rows: Callable[[str, int, int], np.ndarray] | None = None,
                   checkpoint: Checkpoint | None = None) -> nnx.State:
     """The model's parameters (laid out as `graphdef_and_abstract`'s shapes and shardings: from
     checkpoints.abstract_params) read from the Hugging Face checkpoint in `folder`, each device's
-    slice read by itself. `extra_rows(first, stop)` gives the table's rows for ids the checkpoint
-    lacks (zeros without it). A tensor missing, or of another shape, raises naming it."""
+    slice read by itself. `extra_rows(tensor, first, stop)` gives a table's rows for ids the
+    checkpoint lacks (zeros without it: open_weights/vocabulary.py has the rule for new ids). The
+    code-digit rows of factorised code embeddings (model/layers.py) start at zero, so each code's
+    embedding starts as its own row. A tensor missing, or of another shape, raises naming it."""
     checkpoint = checkpoint or Checkpoint(folder)
     _, abstract = graphdef_and_abstract
     known = {name for name in checkpoint.file_of}
     vocab = cfg.vocab_size
 
     def make(path, variable):
-        key = _key(path)
-        if key not in LAYOUTS:
-            raise UnsupportedCheckpoint(f"the model's parameter {'.'.join(key)} has no Hugging Face tensor "
-                                        "(code-digit rows: import with image_code_levels and audio_code_levels unset)")
-        layout, value = LAYOUTS[key], variable.get_value()
+        key, value = _key(path), variable.get_value()
+        if key == ("embedding", "digits_ld"):
+            return variable.replace(jax.make_array_from_callback(
+                value.shape, value.sharding, lambda index: np.zeros(_shape_of(index, value.shape), value.dtype)))
+        layout = LAYOUTS[key]
         size, shape = sizes(cfg, vocab), value.shape
         layers = key[0] == "blocks"
         for layer in (range(cfg.num_layers) if layers else [None]):

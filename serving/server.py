@@ -24,7 +24,8 @@ class Server:
     api_key: str | None = None
     fetch_policy: FetchPolicy = FetchPolicy()  # remote image_url parts: none fetched by default
     # (stage, step) of the checkpoint served: ("sft", N) is instruction-tuned, and chats go through
-    # the conversation template; ("lm", N) or None (random weights) is pre-trained only.
+    # the conversation template; ("lm", N) or None (random weights) is pre-trained only;
+    # ("imported", 0) a Hugging Face checkpoint (serve.py --init-from hf:DIR).
     tuned: tuple[str, int] | None = None
 
     def __post_init__(self):
@@ -40,13 +41,16 @@ class Server:
         """Whether a chat becomes the conversation template's turns (data/conversation.py): only for
         an instruction-tuned model. A pre-trained one never saw a turn symbol; it gets the parts
         in order, as a completion, which is what its tasks look like."""
-        return self.tuned is not None and self.tuned[0] == "sft"
+        return self.tuned is not None and self.tuned[0] in ("sft", "imported")
 
     def model_card(self) -> dict:
         """What /v1/models says of the model beyond OpenAI's fields: which training it had."""
         if self.tuned is None:
             return {"stage": "random", "note": "random weights (--random-init)"}
         stage, step = self.tuned
+        if stage == "imported":
+            return {"stage": "imported", "note": "a Hugging Face checkpoint: chats go through the conversation "
+                    "template, whose <start_of_turn> and <end_of_turn> an instruction-tuned Gemma knows"}
         if stage == "sft":
             return {"stage": "sft", "step": step, "note": "instruction-tuned: chats go through the conversation template"}
         return {"stage": "pretrained", "step": step,

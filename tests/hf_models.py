@@ -1,31 +1,37 @@
 """Tiny random Hugging Face models of the two families, saved as transformers saves them (no download).
 
 Llama with grouped-query attention and an untied head; Gemma with multi-query attention, its
-norms' weights drawn away from 0 so that their 1 + w scale is exercised.
+norms' weights drawn away from 0 so that their 1 + w scale is exercised. Each folder also holds a
+Llama-style `tokenizer.model` of VOCAB pieces (<unk> <s> </s>, no pad, none of our symbols),
+trained on the world's texts.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import jax
+import sentencepiece as spm
 import torch
 from transformers import GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from checkpoints import abstract_params
 from configs.base import MeshConfig, ModelConfig
+from data.world import world_texts
 from open_weights.architecture import model_config
 from open_weights.tensors import import_params
 from parallel.sharding import make_mesh
 
 VOCAB = 300
 SHAPE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-             head_dim=16, max_position_embeddings=128, initializer_range=0.1)
+             head_dim=16, max_position_embeddings=512, initializer_range=0.1)
 
 
 def save_hf_model(family: str, folder: Path) -> torch.nn.Module:
-    """A random `family` ("llama" or "gemma") model in float32, saved to `folder`; returned in eval mode."""
+    """A random `family` ("llama" or "gemma") model in float32, saved to `folder` with its
+    tokenizer.model; returned in eval mode."""
     torch.manual_seed(0)
     if family == "llama":
         model = LlamaForCausalLM(LlamaConfig(**SHAPE, num_key_value_heads=2, rope_theta=500_000.0,
@@ -37,6 +43,10 @@ def save_hf_model(family: str, folder: Path) -> torch.nn.Module:
                 if "norm" in name:
                     weight.normal_(0, 0.5)
     model.save_pretrained(folder)
+    sentencepiece = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(world_texts(0, 2000)), model_writer=sentencepiece,
+                                   vocab_size=VOCAB, model_type="bpe", minloglevel=2)
+    (Path(folder) / "tokenizer.model").write_bytes(sentencepiece.getvalue())
     return model.eval()
 
 

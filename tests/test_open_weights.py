@@ -9,17 +9,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import sentencepiece as spm
 import torch
 from transformers import AutoModelForCausalLM
 
 from configs.base import MeshConfig
 from model.transformer import forward, init_model
 from open_weights.architecture import UnsupportedCheckpoint, hf_config, model_config
+from open_weights.load import import_model, imported_config, text_model, text_tokenizer
 from open_weights.tensors import export_tensors, save_tensors
 from parallel.sharding import make_mesh
 from serving.engine import Engine, SamplingParams
 from serving.offline import generate
+from serving.server import make_server
 from tests.helpers import small_model_config
+from tests.serving_helpers import SERVE_CFG, serving_live
 from tests.hf_models import VOCAB, float32_config, import_on_one_device, save_hf_model
 
 FAMILIES = ["llama", "gemma"]  # grouped-query attention and an untied head; multi-query, GeGLU, 1 + w, scaled embeddings
@@ -139,3 +143,45 @@ def test_an_architecture_the_model_cannot_hold_is_refused_naming_the_field(hf, c
     config.pop("hidden_activation", None)
     with pytest.raises(UnsupportedCheckpoint, match=named.replace("(", r"\(")):
         model_config(config)
+
+
+def test_an_extended_vocabulary_keeps_the_checkpoints_ids_and_its_text_logits(hf):
+    family, folder, _ = hf
+    original = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    text = text_tokenizer(folder)
+    sentence = "a small red circle in the top left tones 3 A"
+    assert text.encode(sentence) == original.encode(sentence)
+    assert (text.ids["<bos>"], text.ids["<eos>"]) == (original.bos_id(), original.eos_id())  # Llama's <s>, </s>
+    assert sorted(text.ids.values())[-7:] == list(range(VOCAB, VOCAB + 7))  # <pad> and our 6 symbols, after its ids
+    run = small_model_config(image_vocab_size=30, audio_vocab_size=20, image_code_levels=(5, 6), audio_code_levels=(4, 5))
+    cfg = imported_config(folder, run, text.size, modalities=True)
+    assert (cfg.text_vocab_size, cfg.image_vocab_size, cfg.audio_vocab_size, cfg.vocab_size) == (VOCAB + 7, 30, 20, 384)
+    graphdef, params = import_model(folder, cfg, make_mesh(MeshConfig(data=1, fsdp=1, tensor=1)))
+    plain_graphdef, plain = import_on_one_device(folder, float32_config(folder))
+    extended, before = our_logits(graphdef, params), our_logits(plain_graphdef, plain)
+    assert np.abs(extended[..., :VOCAB] - before[..., :VOCAB])[MASK.astype(bool)].max() < 1e-5
+    table = np.asarray(params["embedding"]["table_vd"][...])
+    new = table[VOCAB:VOCAB + 57]  # our symbols, then the image and audio codes: mean + noise of the old rows
+    assert np.abs(new.mean(0) - table[:VOCAB].mean(0)).max() < 3 * table[:VOCAB].std(0).max() / np.sqrt(57)
+    assert len({row.tobytes() for row in new}) == len(new)  # distinct: the codes can be told apart
+
+
+@pytest.mark.slow  # compiles a server (Llama's: the engine test above holds both families to HF's generate)
+def test_serve_py_serves_an_imported_checkpoint_with_hf_generates_greedy_text(tmp_path):
+    folder = tmp_path / "llama"
+    model = save_hf_model("llama", folder)
+    cfg = dataclasses.replace(SERVE_CFG, model=dataclasses.replace(SERVE_CFG.model, compute_dtype="float32"))
+    mesh = make_mesh(cfg.mesh)
+    cfg, vocab, graphdef, params = text_model(folder, cfg, mesh)
+    server = make_server(cfg, vocab, graphdef, params, mesh, tuned=("imported", 0), model_name=folder.name)
+    prompt = "a small red circle in the"
+    with serving_live(server) as live:
+        status, _, reply = live.post("/v1/completions", {"prompt": prompt, "max_tokens": 8, "temperature": 0})
+        assert status == 200, reply
+        _, _, models = live.call("GET", "/v1/models")
+    ids = [vocab.ids["<bos>"], *vocab.text.encode(prompt)]
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, eos_token_id=vocab.ids["<eos>"],
+                             pad_token_id=0)
+    assert reply["choices"][0]["text"] == vocab.text.decode(out[0, len(ids):].tolist())
+    assert models["data"][0]["id"] == folder.name and models["data"][0]["stage"] == "imported"

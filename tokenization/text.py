@@ -21,11 +21,15 @@ class TextTokenizer:
     def __init__(self, model_proto: bytes, source: str = "<bytes>"):
         self.processor = spm.SentencePieceProcessor(model_proto=model_proto)
         self.model_proto = model_proto
-        missing = [s for s in (PAD, BOS, EOS, *CONTROL) if self.processor.piece_to_id(s) == self.processor.unk_id()]
+        # <pad>, <bos> and <eos> are the model's own pad, bos and eos ids, whatever their pieces are
+        # called (a Llama model's are <s> and </s>); the rest are found by name.
+        own = {PAD: self.processor.pad_id(), BOS: self.processor.bos_id(), EOS: self.processor.eos_id()}
+        self.ids = {s: own[s] if own.get(s, -1) >= 0 else self.processor.piece_to_id(s) for s in (PAD, BOS, EOS, *CONTROL)}
+        missing = [s for s, i in self.ids.items() if i == self.processor.unk_id()]
         if missing:
             raise ValueError(f"SentencePiece model {source} lacks the control symbols {missing}; "
-                             f"train it with control_symbols={list(CONTROL)} and pad/bos/eos pieces {PAD} {BOS} {EOS}")
-        self.ids = {s: self.processor.piece_to_id(s) for s in (PAD, BOS, EOS, *CONTROL)}
+                             f"train it with control_symbols={list(CONTROL)} and pad/bos/eos pieces {PAD} {BOS} {EOS} "
+                             "(or extend it: open_weights/vocabulary.py)")
         self.size, self._unk = self.processor.get_piece_size(), self.processor.unk_id()  # read per token when serving
 
     @classmethod

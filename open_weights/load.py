@@ -1,0 +1,79 @@
+"""`--init-from hf:DIR`: a Hugging Face checkpoint folder as this project's model config, text
+tokenizer and parameters, for serve.py (text) and train.py (extended to images and audio)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+from flax import nnx
+
+from checkpoints import abstract_params
+from configs.base import Config, ModelConfig
+from data.vocab import Vocabulary
+from open_weights.architecture import model_config
+from open_weights.tensors import Checkpoint, import_params
+from open_weights.vocabulary import extend_sentencepiece, new_rows
+from tokenization.text import TextTokenizer
+
+# What the run's own config decides, whatever the checkpoint: how the model is computed, and its
+# image and audio code ranges (the run's tokenizers).
+RUN_FIELDS = ("param_dtype", "compute_dtype", "remat_policy", "scan_unroll", "attention_backend")
+MODALITY_FIELDS = ("image_vocab_size", "audio_vocab_size", "image_code_levels", "audio_code_levels")
+
+
+def hf_folder(spec: str) -> Path:
+    """The folder of `hf:DIR`, checked to hold a Hugging Face checkpoint."""
+    if not spec.startswith("hf:"):
+        raise ValueError(f"--init-from {spec!r}: expected hf:DIR, a Hugging Face checkpoint folder")
+    folder = Path(spec[3:]).expanduser()
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"--init-from {spec!r}: {folder} has no config.json (a Hugging Face checkpoint folder)")
+    return folder
+
+
+def text_tokenizer(folder: Path) -> TextTokenizer:
+    """The checkpoint's SentencePiece model, extended with our control symbols after its own pieces."""
+    path = folder / "tokenizer.model"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} has no tokenizer.model: the importer extends a SentencePiece model "
+                                "(Llama 1-2, Gemma); a checkpoint with only tokenizer.json (Llama 3) is not supported")
+    return TextTokenizer(extend_sentencepiece(path.read_bytes()), source=str(path))
+
+
+def imported_config(folder: Path, run: ModelConfig, text_size: int, modalities: bool) -> ModelConfig:
+    """The checkpoint's architecture with the text ids of `text_size` pieces (its own and our
+    symbols; at least its table's rows), how the run computes, and with `modalities` the run's image
+    and audio code ranges after the text."""
+    hf = json.loads((folder / "config.json").read_text())
+    fields = {name: getattr(run, name) for name in RUN_FIELDS}
+    if modalities:
+        fields |= {name: getattr(run, name) for name in MODALITY_FIELDS}
+    return model_config(hf, text_vocab_size=max(text_size, int(hf["vocab_size"])), **fields)
+
+
+def import_model(folder: Path, cfg: ModelConfig, mesh: jax.sharding.Mesh, seed: int = 0
+                 ) -> tuple[nnx.GraphDef, nnx.State]:
+    """The checkpoint's parameters in `cfg`'s layout on `mesh`, each device reading its own slices;
+    the ids it lacks get rows by open_weights/vocabulary.py's rule."""
+    checkpoint = Checkpoint(folder)
+    graphdef, abstract = abstract_params(cfg, mesh)
+    return graphdef, import_params(folder, cfg, (graphdef, abstract), new_rows(checkpoint, seed), checkpoint)
+
+
+def text_model(folder: Path, cfg: Config, mesh: jax.sharding.Mesh) -> tuple[Config, Vocabulary, nnx.GraphDef, nnx.State]:
+    """What serve.py serves of a checkpoint: `cfg` with its architecture (text ids only), its
+    extended tokenizer as the vocabulary, and its parameters on `mesh`."""
+    text = text_tokenizer(folder)
+    cfg = dataclasses.replace(cfg, model=imported_config(folder, cfg.model, text.size, modalities=False))
+    return (cfg, Vocabulary(text, cfg.model), *import_model(folder, cfg.model, mesh, cfg.train.seed))
+
+
+def describe(folder: Path, cfg: ModelConfig) -> str:
+    """One line for the logs: what was imported."""
+    hf = json.loads((folder / "config.json").read_text())
+    shape = dataclasses.asdict(cfg)
+    return (f"{hf.get('model_type')} checkpoint {folder}: {shape['num_layers']} layers, d_model {shape['d_model']}, "
+            f"{hf['vocab_size']} ids of its own, {cfg.vocab_size} in all")
