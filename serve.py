@@ -30,7 +30,7 @@ from checkpoints import (checkpoint_dir, latest_stage, load_vocabulary, restore_
                          untrained_vocabulary)
 from configs.cli import parse
 from model.transformer import init_model
-from open_weights.load import describe, hf_folder, text_model
+from open_weights.load import describe, hf_folder, run_config, text_model
 from parallel.aot import compile_on_cpu, compile_only
 from parallel.sharding import make_mesh
 from serving.api import make_app
@@ -70,6 +70,7 @@ def main() -> None:
         sys.exit(compile_only(compile_decode_step, cfg, flags.topology))
     workdir = Path(flags.workdir or f"runs/{cfg.name}")
     try:
+        cfg = run_config(cfg)  # a run trained from open weights (--train.init-from) has the checkpoint's architecture
         mesh = make_mesh(cfg.mesh)
         if flags.init_from:  # open_weights/: the checkpoint's architecture, our control symbols after its ids
             folder = hf_folder(flags.init_from)

@@ -52,6 +52,7 @@ from parallel.aot import compile_on_cpu, compile_only
 from parallel.host_memory import reuse_freed_memory
 from parallel.sharding import make_mesh
 from training.compile_only import compile_train_step
+from open_weights.load import run_config
 from training.lm_stage import stage_config, train_lm
 from training.tokenizer_stage import train_tokenizers
 
@@ -102,6 +103,10 @@ def main() -> None:
         compile_on_cpu()
         sys.exit(compile_only(compile_train_step, cfg, flags.topology))
     workdir = Path(flags.workdir or f"runs/{cfg.name}")
+    try:  # a run from open weights takes the checkpoint's architecture (open_weights/)
+        cfg = run_config(cfg)
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"train.py: {error}")
     join_other_processes(flags)
     try:  # a mesh that does not fit the devices stops here, naming the field, before any work or compile
         make_mesh(cfg.mesh)

@@ -226,6 +226,8 @@ class TrainConfig:
     """weight of the z-loss, which pulls log Z toward 0: the stability fix early-fusion models needed"""
     seed: int = 0
     """seed of the LM's initial parameters and of the tokenizers' training"""
+    init_from: str | None = None
+    """hf:DIR, a Hugging Face Llama or Gemma checkpoint the LM starts from: its architecture replaces model's, its tokenizer.model (extended with our symbols) is the text tokenizer (open_weights/)"""
     checkpoint_every: int = 200
     """steps between checkpoints"""
     keep_checkpoints: int = 3
@@ -243,6 +245,8 @@ class TrainConfig:
                                         "eval_every", "eval_examples", "eval_loss_examples"))
         if self.warmup_steps < 0:
             _fail("train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        if self.init_from is not None and not self.init_from.startswith("hf:"):
+            _fail("train.init_from", f"expected hf:DIR (a Hugging Face checkpoint folder), got {self.init_from!r}")
         if self.z_loss_weight < 0:
             _fail("train.z_loss_weight", f"must be >= 0, got {self.z_loss_weight}")
 

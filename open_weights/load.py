@@ -63,6 +63,17 @@ def import_model(folder: Path, cfg: ModelConfig, mesh: jax.sharding.Mesh, seed: 
     return graphdef, import_params(folder, cfg, (graphdef, abstract), new_rows(checkpoint, seed), checkpoint)
 
 
+def run_config(cfg: Config) -> Config:
+    """`cfg` as a run that starts from `train.init_from` has it (unchanged without one): the
+    checkpoint's architecture, the text ids of its extended tokenizer, then the run's image and
+    audio code ranges. train.py and serve.py both resolve a run's config through this."""
+    if not cfg.train.init_from:
+        return cfg
+    folder = hf_folder(cfg.train.init_from)
+    size = text_tokenizer(folder).size
+    return dataclasses.replace(cfg, model=imported_config(folder, cfg.model, size, modalities=True))
+
+
 def text_model(folder: Path, cfg: Config, mesh: jax.sharding.Mesh) -> tuple[Config, Vocabulary, nnx.GraphDef, nnx.State]:
     """What serve.py serves of a checkpoint: `cfg` with its architecture (text ids only), its
     extended tokenizer as the vocabulary, and its parameters on `mesh`."""

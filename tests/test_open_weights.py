@@ -13,18 +13,30 @@ import sentencepiece as spm
 import torch
 from transformers import AutoModelForCausalLM
 
+from checkpoints import restore_params
 from configs.base import MeshConfig
+from data.vocab import Vocabulary
+from data.world_builder import build_world
 from model.transformer import forward, init_model
 from open_weights.architecture import UnsupportedCheckpoint, hf_config, model_config
-from open_weights.load import import_model, imported_config, text_model, text_tokenizer
+from open_weights.load import (
+    import_model,
+    imported_config,
+    run_config,
+    text_model,
+    text_tokenizer,
+)
 from open_weights.tensors import export_tensors, save_tensors
 from parallel.sharding import make_mesh
 from serving.engine import Engine, SamplingParams
 from serving.offline import generate
 from serving.server import make_server
+from tests.conftest import BlockColourCodec, FrameLevelCodec
 from tests.helpers import small_model_config
-from tests.serving_helpers import SERVE_CFG, serving_live
 from tests.hf_models import VOCAB, float32_config, import_on_one_device, save_hf_model
+from tests.serving_helpers import SERVE_CFG, serving_live
+from tests.test_lm_stage import small_config
+from training.lm_stage import train_lm
 
 FAMILIES = ["llama", "gemma"]  # grouped-query attention and an untied head; multi-query, GeGLU, 1 + w, scaled embeddings
 # Two prompts of different lengths in one batch, the shorter padded (segment 0 / attention mask 0).
@@ -185,3 +197,27 @@ def test_serve_py_serves_an_imported_checkpoint_with_hf_generates_greedy_text(tm
                              pad_token_id=0)
     assert reply["choices"][0]["text"] == vocab.text.decode(out[0, len(ids):].tolist())
     assert models["data"][0]["id"] == folder.name and models["data"][0]["stage"] == "imported"
+
+
+@pytest.mark.slow  # trains
+def test_the_lm_stage_continues_multimodally_from_an_imported_checkpoint(tmp_path):
+    folder = tmp_path / "llama"
+    save_hf_model("llama", folder)
+    base = small_config()
+    cfg = run_config(dataclasses.replace(
+        base, model=dataclasses.replace(base.model, compute_dtype="float32"),
+        train=dataclasses.replace(base.train, init_from=f"hf:{folder}", steps=2, eval_every=2, learning_rate=1e-6)))
+    assert (cfg.model.d_model, cfg.model.num_kv_heads, cfg.model.tie_embeddings) == (64, 2, False)  # the checkpoint's
+    assert (cfg.model.image_vocab_size, cfg.model.audio_vocab_size) == (base.model.image_vocab_size, base.model.audio_vocab_size)
+    vocab = Vocabulary(text_tokenizer(folder), cfg.model, image=BlockColourCodec(), audio=FrameLevelCodec())
+    splits = build_world(str(tmp_path / "world"), seed=2, train=40, validation=6, compositional=3).as_data_source()
+    logs = []
+    last = train_lm(cfg, tmp_path / "run", vocab, splits, log=logs.append)
+    assert last["step"] == 2 and np.isfinite(last["loss"])
+    assert any(line.startswith(f"LM starts from the llama checkpoint {folder}") for line in logs)
+    mesh = make_mesh(cfg.mesh)
+    _, trained, _ = restore_params(cfg, tmp_path / "run", mesh)
+    _, imported = import_model(folder, cfg.model, mesh)
+    # Two steps at a learning rate of 1e-6 move no weight by more than a few 1e-6: the run began at the import.
+    moved = max(np.abs(a - b).max() for a, b in zip(_flat(trained).values(), _flat(imported).values()))
+    assert moved < 1e-4

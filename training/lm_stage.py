@@ -43,6 +43,7 @@ from data.mixture import encode_sources, make_sources, open_mixture, world_split
 from data.vocab import Vocabulary
 from model.costs import train_flops_per_token
 from model.transformer import init_model
+from open_weights.load import describe, hf_folder, import_model
 from parallel.hardware import matmul_peak_flops
 from parallel.sharding import make_mesh
 from training.evaluate import Evaluator, HeldOutLoss, conversation_tasks, source_tasks, world_tasks
@@ -122,6 +123,10 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, world: dict | None =
         lm_run = Path(cfg.sft.init_from or workdir)
         graphdef, params, lm_step = restore_params(lm_cfg, lm_run, mesh)
         log(f"SFT starts from the LM checkpoint at step {lm_step} of {lm_run / 'checkpoints'}")
+    elif cfg.train.init_from and manager.latest_step() is None:  # the LM starts from open weights
+        folder = hf_folder(cfg.train.init_from)
+        graphdef, params = import_model(folder, cfg.model, mesh, cfg.train.seed)
+        log(f"LM starts from the {describe(folder, cfg.model)}")
     else:
         graphdef, model_state = init_model(cfg.model, mesh, cfg.train.seed)
         params = nnx.state(nnx.merge(graphdef, model_state), nnx.Param)

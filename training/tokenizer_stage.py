@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from data import world
 from data.media import prepare_image
 from data.mixture import Mixture, make_sources, open_mixture
 from data.segments import AUDIO, IMAGE, TEXT
+from open_weights.load import hf_folder, text_tokenizer
 from tokenization.text import TextTokenizer, train_text_tokenizer
 from training import fit_audio_tokenizer, fit_image_tokenizer
 
@@ -132,10 +133,7 @@ def train_tokenizers(cfg: Config, workdir: Path, log: Callable[[str], None] = pr
     start = time.perf_counter()
 
     t = time.perf_counter()
-    if cfg.tokenizers.text_model:
-        text = TextTokenizer.load(cfg.tokenizers.text_model)
-    else:
-        text = train_text_tokenizer(mixture_texts(cfg, train, cfg.tokenizers.text_examples), cfg.model.text_vocab_size)
+    text = _text_tokenizer(cfg, lambda: mixture_texts(cfg, train, cfg.tokenizers.text_examples))
     text.save(root / "text.model")
     metrics["text"] = {"pieces": text.size, "seconds": time.perf_counter() - t}
     log(f"text tokenizer: {text.size} pieces in {metrics['text']['seconds']:.1f}s")
@@ -173,6 +171,16 @@ def train_tokenizers(cfg: Config, workdir: Path, log: Callable[[str], None] = pr
     return metrics
 
 
+def _text_tokenizer(cfg: Config, texts: Callable[[], Iterable[str]]) -> TextTokenizer:
+    """The imported checkpoint's SentencePiece model extended (open_weights/vocabulary.py), a user's
+    model (tokenizers.text_model), or one trained on `texts()`."""
+    if cfg.train.init_from:
+        return text_tokenizer(hf_folder(cfg.train.init_from))
+    if cfg.tokenizers.text_model:
+        return TextTokenizer.load(cfg.tokenizers.text_model)
+    return train_text_tokenizer(texts(), cfg.model.text_vocab_size)
+
+
 def _train_on_world(cfg: Config, workdir: Path, log: Callable[[str], None]) -> dict:
     """The world alone: fresh renderings and tones for training, held-out ones for measuring."""
     root = Path(workdir).absolute() / TOKENIZER_DIR
@@ -181,10 +189,7 @@ def _train_on_world(cfg: Config, workdir: Path, log: Callable[[str], None]) -> d
     start = time.perf_counter()
 
     t = time.perf_counter()
-    if cfg.tokenizers.text_model:
-        text = TextTokenizer.load(cfg.tokenizers.text_model)
-    else:
-        text = train_text_tokenizer(world.world_texts(cfg.data.seed, cfg.tokenizers.text_examples), cfg.model.text_vocab_size)
+    text = _text_tokenizer(cfg, lambda: world.world_texts(cfg.data.seed, cfg.tokenizers.text_examples))
     text.save(root / "text.model")
     metrics["text"] = {"pieces": text.size, "seconds": time.perf_counter() - t}
     log(f"text tokenizer: {text.size} pieces in {metrics['text']['seconds']:.1f}s")
