@@ -113,6 +113,19 @@ def abstract_params(cfg: ModelConfig, mesh: jax.sharding.Mesh) -> tuple[nnx.Grap
         params, state_shardings(params, mesh), is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def saved_config(workdir: Path, stage: str = "lm") -> dict | None:
+    """The config (as JSON) the latest checkpoint of `stage` under `workdir` was trained with; None
+    when there is no checkpoint."""
+    folder = checkpoint_dir(workdir, stage)
+    if not folder.is_dir():
+        return None
+    manager = ocp.CheckpointManager(folder, item_names=CHECKPOINT_ITEMS)
+    step = manager.latest_step()
+    saved = None if step is None else manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    manager.close()
+    return saved
+
+
 def restore_params(cfg: Config, workdir: Path, mesh: jax.sharding.Mesh,
                    stage: str = "lm") -> tuple[nnx.GraphDef, nnx.State, int]:
     """(graphdef, params, step) of the latest checkpoint of `stage` under `workdir`, laid out for `mesh`.

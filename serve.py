@@ -70,7 +70,8 @@ def main() -> None:
         sys.exit(compile_only(compile_decode_step, cfg, flags.topology))
     workdir = Path(flags.workdir or f"runs/{cfg.name}")
     try:
-        cfg = run_config(cfg)  # a run trained from open weights (--train.init-from) has the checkpoint's architecture
+        if not flags.random_init:  # a run trained from open weights has its checkpoint's architecture
+            cfg = run_config(cfg, workdir)
         mesh = make_mesh(cfg.mesh)
         if flags.init_from:  # open_weights/: the checkpoint's architecture, our control symbols after its ids
             folder = hf_folder(flags.init_from)

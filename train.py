@@ -75,6 +75,8 @@ class TrainFlags:
     """multi-host without cluster detection: this process's index, from 0"""
     topology: str | None = None
     """a TPU slice, e.g. v5p-1024 or `2x v5e-256`: use the preset's plan for it; with --compile-only, compile for it"""
+    init_from: str | None = None
+    """hf:DIR: the LM starts from a Hugging Face Llama or Gemma checkpoint (the same as --train.init-from)"""
     compile_only: tyro.conf.FlagCreatePairsOff[bool] = False
     """compile the train step for --topology (needs the `tpu` extra), print per-chip memory and FLOPs, and exit"""
 
@@ -104,7 +106,9 @@ def main() -> None:
         sys.exit(compile_only(compile_train_step, cfg, flags.topology))
     workdir = Path(flags.workdir or f"runs/{cfg.name}")
     try:  # a run from open weights takes the checkpoint's architecture (open_weights/)
-        cfg = run_config(cfg)
+        if flags.init_from:
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=flags.init_from))
+        cfg = run_config(cfg, workdir)
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"train.py: {error}")
     join_other_processes(flags)

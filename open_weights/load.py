@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 from flax import nnx
 
-from checkpoints import abstract_params
+from checkpoints import abstract_params, latest_stage, saved_config
 from configs.base import Config, ModelConfig
 from data.vocab import Vocabulary
 from open_weights.architecture import model_config
@@ -63,13 +63,20 @@ def import_model(folder: Path, cfg: ModelConfig, mesh: jax.sharding.Mesh, seed: 
     return graphdef, import_params(folder, cfg, (graphdef, abstract), new_rows(checkpoint, seed), checkpoint)
 
 
-def run_config(cfg: Config) -> Config:
-    """`cfg` as a run that starts from `train.init_from` has it (unchanged without one): the
-    checkpoint's architecture, the text ids of its extended tokenizer, then the run's image and
-    audio code ranges. train.py and serve.py both resolve a run's config through this."""
-    if not cfg.train.init_from:
+def run_config(cfg: Config, workdir: Path | None = None) -> Config:
+    """`cfg` as a run that starts from open weights has it (unchanged otherwise): the checkpoint's
+    architecture, the text ids of its extended tokenizer, then the run's image and audio code
+    ranges. The checkpoint is `train.init_from`, or the one `workdir`'s latest checkpoint was
+    trained from (so `serve.py --workdir RUN` needs no flag). train.py and serve.py both resolve a
+    run's config through this."""
+    spec = cfg.train.init_from
+    if not spec and workdir is not None:
+        saved = saved_config(workdir, latest_stage(workdir))
+        spec = saved and saved["train"].get("init_from")
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=spec)) if spec else cfg
+    if not spec:
         return cfg
-    folder = hf_folder(cfg.train.init_from)
+    folder = hf_folder(spec)
     size = text_tokenizer(folder).size
     return dataclasses.replace(cfg, model=imported_config(folder, cfg.model, size, modalities=True))
 

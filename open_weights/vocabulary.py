@@ -14,58 +14,34 @@ The noise of row i is drawn from (seed, i), so any host makes any row without th
 
 from __future__ import annotations
 
-import struct
 from typing import Callable
 
 import numpy as np
-import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
 
 from open_weights.tensors import Checkpoint
 from tokenization.text import CONTROL, PAD
 
-CONTROL_TYPE = 3  # SentencePiece's ModelProto.SentencePiece.Type.CONTROL: never produced from text
+CONTROL_PIECE = sentencepiece_model_pb2.ModelProto.SentencePiece.CONTROL  # never produced from text
+
 CHUNK_ROWS = 4096  # rows read at a time for the statistics: the table is never read whole
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
-        value >>= 7
-        if not value:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _control_piece(text: str) -> bytes:
-    """ModelProto field 1 (pieces): a SentencePiece {piece: text, score: 0, type: CONTROL}."""
-    piece = _field(1, text.encode()) + _varint(2 << 3 | 5) + struct.pack("<f", 0.0) + _varint(3 << 3) + _varint(CONTROL_TYPE)
-    return _field(1, piece)
 
 
 def extend_sentencepiece(model_proto: bytes) -> bytes:
     """`model_proto` with a <pad> (if it has no pad id) and our control symbols it lacks appended as
-    control pieces after its own, so every id it had keeps its meaning.
-
-    Appending serialised fields is how protobuf merges: the extra pieces parse after the others (the
-    next ids), and a second trainer_spec holding only pad_id merges into the first. This spares the
-    generated `sentencepiece_model_pb2`, which needs a newer protobuf runtime than Beam allows."""
-    processor = spm.SentencePieceProcessor(model_proto=model_proto)
-    unk, size = processor.unk_id(), processor.get_piece_size()
-    missing = [symbol for symbol in CONTROL if processor.piece_to_id(symbol) == unk]
-    extra = b""
-    if processor.pad_id() < 0:
-        if processor.piece_to_id(PAD) == unk:
-            missing.insert(0, PAD)
-            pad = size
-        else:
-            pad = processor.piece_to_id(PAD)
-        extra += _field(2, _varint(43 << 3) + _varint(pad))  # TrainerSpec.pad_id = 43
-    return model_proto + b"".join(_control_piece(symbol) for symbol in missing) + extra
+    control pieces after its own, so every id it had keeps its meaning."""
+    model = sentencepiece_model_pb2.ModelProto()
+    model.ParseFromString(model_proto)
+    have = {piece.piece: index for index, piece in enumerate(model.pieces)}
+    if model.trainer_spec.pad_id < 0:
+        if PAD not in have:
+            model.pieces.add(piece=PAD, score=0.0, type=CONTROL_PIECE)
+            have[PAD] = len(model.pieces) - 1
+        model.trainer_spec.pad_id = have[PAD]
+    for symbol in CONTROL:
+        if symbol not in have:
+            model.pieces.add(piece=symbol, score=0.0, type=CONTROL_PIECE)
+    return model.SerializeToString()
 
 
 def new_rows(checkpoint: Checkpoint, seed: int = 0) -> Callable[[str, int, int], np.ndarray]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from checkpoints import restore_params
 from configs.base import MeshConfig
@@ -26,13 +26,14 @@ from open_weights.load import (
     text_model,
     text_tokenizer,
 )
+from open_weights.export import write_checkpoint
 from open_weights.tensors import export_tensors, save_tensors
 from parallel.sharding import make_mesh
 from serving.engine import Engine, SamplingParams
 from serving.offline import generate
 from serving.server import make_server
 from tests.conftest import BlockColourCodec, FrameLevelCodec
-from tests.helpers import small_model_config
+from tests.helpers import WORLD_MODEL, small_model_config
 from tests.hf_models import VOCAB, float32_config, import_on_one_device, save_hf_model
 from tests.serving_helpers import SERVE_CFG, serving_live
 from tests.test_lm_stage import small_config
@@ -122,16 +123,22 @@ def _flat(params) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
-def test_our_own_model_with_code_digit_rows_exports_as_llama_with_the_same_logits(tmp_path):
-    cfg = small_model_config(image_vocab_size=30, audio_vocab_size=20, image_code_levels=(5, 6), audio_code_levels=(4, 5))
+def test_a_run_exports_as_llama_with_its_digit_rows_folded_in_and_a_tokenizer_that_knows_every_id(vocab, tmp_path):
+    cfg = dataclasses.replace(WORLD_MODEL, image_code_levels=(8, 5, 5, 5), audio_code_levels=(8, 5, 5, 5))
     mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1))
     graphdef, params = init_model(cfg, mesh, seed=3)
-    save_tensors(export_tensors(cfg, graphdef, params), tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps(hf_config(cfg, {"bos": 1, "eos": 2, "pad": 0})))
+    assert write_checkpoint(cfg, graphdef, params, vocab.text, tmp_path) == "llama"
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    tokens = np.array([[1, 5, cfg.text_vocab_size + 3, cfg.text_vocab_size + cfg.image_vocab_size + 7, 9]])
+    image, audio = cfg.text_vocab_size + 3, cfg.text_vocab_size + cfg.image_vocab_size + 7
+    tokens = np.array([[1, 5, image, audio, 9]])
     mask = np.ones_like(tokens)
     assert np.abs(hf_logits(loaded, tokens, mask) - our_logits(graphdef, params, tokens, mask)).max() < 1e-4
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    sentence = "a small red circle in the top left"
+    assert tokenizer.encode(sentence) == [vocab.ids["<bos>"], *vocab.text.encode(sentence)]
+    assert tokenizer.convert_ids_to_tokens([vocab.ids["<boi>"], image, audio, vocab.real_size - 1]) == [
+        "<boi>", "<image_3>", "<audio_7>", "<audio_999>"]
+    assert len(tokenizer) == vocab.real_size  # every id but the table's padding
 
 
 def test_a_tensor_of_another_shape_or_a_missing_one_is_named(hf, tmp_path):
