@@ -78,6 +78,7 @@ def test_imported_logits_equal_the_hf_models_on_ragged_prompts(hf):
     assert np.abs(theirs).max() > 0.1  # logits of some size: the comparison is not of zeros
 
 
+@pytest.mark.slow  # compiles the engine
 def test_greedy_generation_through_our_engine_equals_hf_generate(hf):
     family, folder, model = hf
     cfg = float32_config(folder)
@@ -123,6 +124,7 @@ def _flat(params) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
+@pytest.mark.slow  # transformers converts the tokenizer
 def test_a_run_exports_as_llama_with_its_digit_rows_folded_in_and_a_tokenizer_that_knows_every_id(vocab, tmp_path):
     cfg = dataclasses.replace(WORLD_MODEL, image_code_levels=(8, 5, 5, 5), audio_code_levels=(8, 5, 5, 5))
     mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1))
