@@ -27,7 +27,7 @@ from model.transformer import Transformer
 from parallel.sharding import state_shardings
 from tokenization.audio import AudioCodec, AudioTokenizer
 from tokenization.image import ImageCodec, ImageTokenizer
-from tokenization.text import TextTokenizer, train_text_tokenizer
+from tokenization.text import JsonTokenizer, TextTokenizer, load_text_tokenizer, train_text_tokenizer
 
 CHECKPOINT_ITEMS = ("state", "data", "config")  # what every LM checkpoint step holds
 TOKENIZER_DIR = "tokenizers"
@@ -35,7 +35,8 @@ TOKENIZER_DIR = "tokenizers"
 
 def tokenizers_exist(workdir: Path) -> bool:
     root = Path(workdir) / TOKENIZER_DIR
-    return all((root / name).exists() for name in ("text.model", "image", "audio", "metrics.json"))
+    text = (root / TextTokenizer.FILE).exists() or (root / JsonTokenizer.FILE).exists()
+    return text and all((root / name).exists() for name in ("image", "audio", "metrics.json"))
 
 
 def adopt_tokenizers(source_run: Path, workdir: Path) -> str:
@@ -48,8 +49,9 @@ def adopt_tokenizers(source_run: Path, workdir: Path) -> str:
     if not tokenizers_exist(workdir):
         shutil.copytree(theirs, ours, dirs_exist_ok=True)
         return f"tokenizers: copied from {theirs}, with the LM they were trained with"
-    if (theirs / "text.model").read_bytes() != (ours / "text.model").read_bytes() or \
-            (theirs / "metrics.json").read_bytes() != (ours / "metrics.json").read_bytes():
+    same = [(theirs / name).read_bytes() == (ours / name).read_bytes() if (theirs / name).exists() else
+            not (ours / name).exists() for name in (TextTokenizer.FILE, JsonTokenizer.FILE, "metrics.json")]
+    if not all(same):
         raise ValueError(f"sft.init_from: {theirs} holds other tokenizers than {ours}; their LM's ids mean "
                          f"nothing with these. Use a fresh --workdir (the tokenizers are then copied)")
     return f"tokenizers: {ours} are {theirs}'s"
@@ -78,7 +80,7 @@ def load_vocabulary(cfg: Config, workdir: Path) -> Vocabulary:
     if not tokenizers_exist(workdir):
         raise FileNotFoundError(f"no trained tokenizers under {root}; run `python train.py --config {cfg.name} "
                                 f"--workdir {workdir} --stage tokenizers`")
-    text = TextTokenizer.load(root / "text.model")
+    text = load_text_tokenizer(root)
     image = _restore(root / "image", lambda: ImageTokenizer(cfg.tokenizers.image, nnx.Rngs(0)))
     audio = _restore(root / "audio", lambda: AudioTokenizer(cfg.tokenizers.audio, nnx.Rngs(0)))
     return Vocabulary(text, cfg.model, image=ImageCodec(image), audio=AudioCodec(audio))

@@ -68,6 +68,8 @@ class ModelConfig:
     """the input embeddings are multiplied by sqrt(d_model) (Gemma's); the tied head is not"""
     rope_base: float = 10_000.0
     """base of RoPE's rotation frequencies"""
+    rope_scaling: tuple[float, ...] = ()
+    """Llama 3.1's RoPE frequency scaling: (factor, low_freq_factor, high_freq_factor, original context); () for none"""
     norm_eps: float = 1e-6
     """epsilon added inside every RMSNorm"""
     param_dtype: DType = "float32"
@@ -107,6 +109,9 @@ class ModelConfig:
             if levels and math.prod(levels) != size:
                 _fail(f"model.{kind}_code_levels", f"{tuple(levels)} make {math.prod(levels)} codes, not "
                       f"model.{kind}_vocab_size={size}")
+        if len(self.rope_scaling) not in (0, 4):
+            _fail("model.rope_scaling", f"expected (factor, low_freq_factor, high_freq_factor, original context), "
+                  f"got {tuple(self.rope_scaling)}")
         if self.mlp_activation not in ACTIVATIONS:
             _fail("model.mlp_activation", f"unknown activation {self.mlp_activation!r}; choose from {ACTIVATIONS}")
         for name in ("param_dtype", "compute_dtype"):

@@ -103,7 +103,7 @@ class Attention(nnx.Module):
         self.o_nhd = param(rngs, (n, h, d), ("heads", "head_dim", "embed"), (n * h) ** -0.5, dtype, contract=(0, 1))
         self.q_norm = RMSNorm(h, "head_dim", cfg.norm_eps, dtype, cfg.norm_offset) if cfg.qk_norm else None
         self.k_norm = RMSNorm(h, "head_dim", cfg.norm_eps, dtype, cfg.norm_offset) if cfg.qk_norm else None
-        self.rope_base = cfg.rope_base
+        self.rope_base, self.rope_scaling = cfg.rope_base, tuple(cfg.rope_scaling)
         self.backend = cfg.attention_backend
 
     def __call__(
@@ -121,8 +121,8 @@ class Attention(nnx.Module):
         v_btkh = project(x_btd, self.v_dkh)
         if self.q_norm is not None:
             q_btnh, k_btkh = self.q_norm(q_btnh), self.k_norm(k_btkh)
-        q_btnh = constrain(apply_rope(q_btnh, positions_bt, self.rope_base), ("batch", "length", "heads", None))
-        k_btkh = apply_rope(k_btkh, positions_bt, self.rope_base)
+        q_btnh = constrain(apply_rope(q_btnh, positions_bt, self.rope_base, self.rope_scaling), ("batch", "length", "heads", None))
+        k_btkh = apply_rope(k_btkh, positions_bt, self.rope_base, self.rope_scaling)
 
         if cache is None:
             keys_bkhs, values_bskh = k_btkh.transpose(0, 2, 3, 1), v_btkh

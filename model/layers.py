@@ -115,10 +115,25 @@ class GatedMLP(nnx.Module):
         return project(hidden_btm, self.down_md)
 
 
-def apply_rope(x_btnh: jax.Array, positions_bt: jax.Array, base: float) -> jax.Array:
+def rope_frequencies(half: int, base: float, scaling: tuple[float, ...] = ()) -> jax.Array:
+    """RoPE's `half` inverse frequencies; with `scaling` (factor, low_freq_factor, high_freq_factor,
+    original context), Llama 3.1's: wavelengths longer than the original context / low_freq_factor
+    are stretched by `factor`, those shorter than it / high_freq_factor kept, the rest interpolated."""
+    inv_freq_f = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    if not scaling:
+        return inv_freq_f
+    factor, low, high, context = scaling
+    wavelength_f = 2 * math.pi / inv_freq_f
+    stretched_f = jnp.where(wavelength_f > context / low, inv_freq_f / factor, inv_freq_f)
+    smooth_f = (context / wavelength_f - low) / (high - low)
+    between_f = (wavelength_f >= context / high) & (wavelength_f <= context / low)
+    return jnp.where(between_f, (1 - smooth_f) * stretched_f / factor + smooth_f * stretched_f, stretched_f)
+
+
+def apply_rope(x_btnh: jax.Array, positions_bt: jax.Array, base: float, scaling: tuple[float, ...] = ()) -> jax.Array:
     """Rotary position embedding over pairs (first half, second half) of the head dimension."""
     half = x_btnh.shape[-1] // 2
-    inv_freq_f = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    inv_freq_f = rope_frequencies(half, base, scaling)
     angles_bth = positions_bt.astype(jnp.float32)[..., None] * inv_freq_f
     sin, cos = jnp.sin(angles_bth)[:, :, None, :], jnp.cos(angles_bth)[:, :, None, :]
     x1, x2 = jnp.split(x_btnh.astype(jnp.float32), 2, axis=-1)

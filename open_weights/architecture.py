@@ -7,8 +7,8 @@ Each family is the decoder here with some of the model's options set (configs/ba
     gemma   (Gemma 1): GeGLU (tanh-approximated GELU), RMSNorm scaled by 1 + w, embeddings scaled
             by sqrt(d_model), a tied head, multi-query or grouped attention
 
-What neither layout holds (Gemma 2's logit soft-capping and local/global alternation, RoPE scaling,
-projection biases) is refused, naming the field, rather than imported into a different model.
+What neither layout holds (Gemma 2's logit soft-capping and local/global alternation, RoPE scaling
+other than Llama 3.1's, projection biases) is refused, naming the field, rather than imported into a different model.
 """
 
 from __future__ import annotations
@@ -27,15 +27,21 @@ class UnsupportedCheckpoint(ValueError):
     """A checkpoint this project cannot load as it is: its message names the field or tensor."""
 
 
-def _rope_theta(hf: dict) -> float:
-    """RoPE's base, where transformers 4 (`rope_theta`, `rope_scaling`) or 5 (`rope_parameters`) keep it."""
-    rope = dict(hf.get("rope_parameters") or {})
-    for field, spec in (("rope_scaling", hf.get("rope_scaling") or {}), ("rope_parameters", rope)):
-        kind = spec.get("rope_type") or spec.get("type") or "default"
-        if kind != "default":
-            raise UnsupportedCheckpoint(f"config.json {field}: RoPE type {kind!r} is not supported (only unscaled "
-                                        "RoPE); Llama 3.1 and later scale their frequencies")
-    return float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0)))
+def _rope(hf: dict) -> tuple[float, tuple[float, ...]]:
+    """RoPE's base and scaling (model.rope_scaling), where transformers 4 (`rope_theta`,
+    `rope_scaling`) or 5 (`rope_parameters`) keep them: unscaled, or Llama 3.1's "llama3" type."""
+    kind_of = lambda spec: spec.get("rope_type") or spec.get("type") or "default"  # noqa: E731
+    scaling, parameters = hf.get("rope_scaling") or {}, hf.get("rope_parameters") or {}
+    rope = {**parameters, **scaling} if kind_of(scaling) != "default" else {**scaling, **parameters}
+    kind = kind_of(rope)
+    theta = float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0)))
+    if kind == "default":
+        return theta, ()
+    if kind == "llama3":
+        return theta, (float(rope["factor"]), float(rope["low_freq_factor"]), float(rope["high_freq_factor"]),
+                       float(rope["original_max_position_embeddings"]))
+    raise UnsupportedCheckpoint(f"config.json rope_scaling: RoPE type {kind!r} is not supported (unscaled RoPE "
+                                "and Llama 3.1's 'llama3' are)")
 
 
 def model_config(hf: dict, **overrides) -> ModelConfig:
@@ -63,7 +69,7 @@ def model_config(hf: dict, **overrides) -> ModelConfig:
         head_dim=int(hf.get("head_dim") or int(hf["hidden_size"]) // heads),
         mlp_dim=int(hf["intermediate_size"]), max_seq_len=int(hf.get("max_position_embeddings", 8192)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", family == "gemma")),
-        rope_base=_rope_theta(hf), norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        rope_base=_rope(hf)[0], rope_scaling=_rope(hf)[1], norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         param_dtype=DTYPES.get(str(hf.get("dtype") or hf.get("torch_dtype")), "float32"),
         compute_dtype="bfloat16", remat_policy="dots_saveable",
         **{**FAMILY_OPTIONS[family], "mlp_activation": ACTIVATIONS[activation]},
@@ -96,6 +102,8 @@ def hf_config(cfg: ModelConfig, ids: dict[str, int]) -> dict:
         ("hidden_activation" if family == "gemma" else "hidden_act"):
             {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh"}[cfg.mlp_activation],
         "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_base,
+        **({"rope_scaling": dict(zip(("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+                                     cfg.rope_scaling), rope_type="llama3")} if cfg.rope_scaling else {}),
         "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False, "dtype": cfg.param_dtype,
         "bos_token_id": ids["bos"], "eos_token_id": ids["eos"], "pad_token_id": ids["pad"],
     }

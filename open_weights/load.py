@@ -15,8 +15,8 @@ from configs.base import Config, ModelConfig
 from data.vocab import Vocabulary
 from open_weights.architecture import model_config
 from open_weights.tensors import Checkpoint, import_params
-from open_weights.vocabulary import extend_sentencepiece, new_rows
-from tokenization.text import TextTokenizer
+from open_weights.vocabulary import extend_json_tokenizer, extend_sentencepiece, new_rows
+from tokenization.text import JsonTokenizer, TextTokenizer
 
 # What the run's own config decides, whatever the checkpoint: how the model is computed, and its
 # image and audio code ranges (the run's tokenizers).
@@ -34,13 +34,16 @@ def hf_folder(spec: str) -> Path:
     return folder
 
 
-def text_tokenizer(folder: Path) -> TextTokenizer:
-    """The checkpoint's SentencePiece model, extended with our control symbols after its own pieces."""
-    path = folder / "tokenizer.model"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} has no tokenizer.model: the importer extends a SentencePiece model "
-                                "(Llama 1-2, Gemma); a checkpoint with only tokenizer.json (Llama 3) is not supported")
-    return TextTokenizer(extend_sentencepiece(path.read_bytes()), source=str(path))
+def text_tokenizer(folder: Path) -> TextTokenizer | JsonTokenizer:
+    """The checkpoint's tokenizer (tokenizer.model, or tokenizer.json with tokenizer_config.json),
+    extended with our control symbols after its own ids."""
+    if (folder / "tokenizer.model").is_file():
+        return TextTokenizer(extend_sentencepiece((folder / "tokenizer.model").read_bytes()),
+                             source=str(folder / "tokenizer.model"))
+    if (folder / "tokenizer.json").is_file() and (folder / "tokenizer_config.json").is_file():
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        return extend_json_tokenizer((folder / "tokenizer.json").read_text(), config)
+    raise FileNotFoundError(f"{folder} has neither tokenizer.model nor tokenizer.json with tokenizer_config.json")
 
 
 def imported_config(folder: Path, run: ModelConfig, text_size: int, modalities: bool) -> ModelConfig:

@@ -1,5 +1,6 @@
-"""An imported model's vocabulary, extended to ours: its SentencePiece model gains our control symbols
-after its own pieces, the image and audio codes follow, and the new embedding rows are drawn by a rule.
+"""An imported model's vocabulary, extended to ours: its SentencePiece model (or Hugging Face
+tokenizer.json) gains our control symbols after its own ids, the image and audio codes follow, and
+the new embedding rows are drawn by a rule.
 
 No id of the checkpoint's changes, so a text-only prompt gets the same logits for the checkpoint's
 own ids after the extension as before it (tested).
@@ -18,9 +19,10 @@ from typing import Callable
 
 import numpy as np
 from sentencepiece import sentencepiece_model_pb2
+from tokenizers import AddedToken, Tokenizer
 
 from open_weights.tensors import Checkpoint
-from tokenization.text import CONTROL, PAD
+from tokenization.text import BOS, CONTROL, EOS, PAD, JsonTokenizer
 
 CONTROL_PIECE = sentencepiece_model_pb2.ModelProto.SentencePiece.CONTROL  # never produced from text
 
@@ -42,6 +44,19 @@ def extend_sentencepiece(model_proto: bytes) -> bytes:
         if symbol not in have:
             model.pieces.add(piece=symbol, score=0.0, type=CONTROL_PIECE)
     return model.SerializeToString()
+
+
+def extend_json_tokenizer(tokenizer_json: str, config: dict) -> JsonTokenizer:
+    """A Hugging Face tokenizer.json (Llama 3's byte-level BPE) with a <pad> (if `config`, its
+    tokenizer_config.json, names none) and our control symbols it lacks added as special tokens
+    after its own ids; its bos and eos are the ones `config` names."""
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    name = lambda token: token["content"] if isinstance(token, dict) else token  # noqa: E731
+    specials = {BOS: name(config["bos_token"]), EOS: name(config["eos_token"]), PAD: name(config.get("pad_token") or PAD)}
+    have = tokenizer.get_vocab(with_added_tokens=True)
+    missing = [symbol for symbol in (specials[PAD], *CONTROL) if symbol not in have]
+    tokenizer.add_special_tokens([AddedToken(symbol, special=True, normalized=False) for symbol in missing])
+    return JsonTokenizer(tokenizer.to_str(), specials)
 
 
 def new_rows(checkpoint: Checkpoint, seed: int = 0) -> Callable[[str, int, int], np.ndarray]:

@@ -82,7 +82,7 @@ class Server:
             return f"<image:{token - self.vocab.image_offset}>"
         if not 0 <= token < self.vocab.text.size:  # never sampled (Engine.is_token); reported all the same
             return f"<unused:{token}>"
-        return self.vocab.text.processor.id_to_piece(token).replace("\u2581", " ")
+        return self.vocab.text.piece(token)
 
     def picture_url(self, codes_as_ids) -> str | None:
         """A generated picture as a PNG data URL; None when the codes do not make a whole image."""

@@ -34,7 +34,7 @@ from serving.offline import generate
 from serving.server import make_server
 from tests.conftest import BlockColourCodec, FrameLevelCodec
 from tests.helpers import WORLD_MODEL, small_model_config
-from tests.hf_models import VOCAB, float32_config, import_on_one_device, save_hf_model
+from tests.hf_models import VOCAB, float32_config, import_on_one_device, save_hf_model, save_llama3_tokenizer
 from tests.serving_helpers import SERVE_CFG, serving_live
 from tests.test_lm_stage import small_config
 from training.lm_stage import train_lm
@@ -67,6 +67,22 @@ def test_the_families_map_onto_the_models_options(hf):
     expected = {"llama": ("silu", False, False, False, 2), "gemma": ("gelu_tanh", True, True, True, 1)}[family]
     assert (cfg.mlp_activation, cfg.norm_offset, cfg.embed_scale, cfg.tie_embeddings, cfg.num_kv_heads) == expected
     assert cfg.rope_base == {"llama": 500_000.0, "gemma": 10_000.0}[family]
+
+
+def test_llama_3_1s_scaled_rope_imports_with_the_same_logits(tmp_path):
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16}  # a short original context: every band is exercised
+    model = save_hf_model("llama", tmp_path, rope_scaling=scaling)
+    cfg = float32_config(tmp_path)
+    assert cfg.rope_scaling == (8.0, 1.0, 4.0, 16.0)
+    graphdef, params = import_on_one_device(tmp_path, cfg)
+    assert np.abs(our_logits(graphdef, params)[..., :VOCAB] - hf_logits(model))[MASK.astype(bool)].max() < 1e-4
+    unscaled = import_on_one_device(tmp_path, dataclasses.replace(cfg, rope_scaling=()))
+    assert np.abs(our_logits(*unscaled)[..., :VOCAB] - hf_logits(model))[MASK.astype(bool)].max() > 1e-3  # it matters
+    save_tensors(export_tensors(cfg, graphdef, params), tmp_path / "export")  # and the export keeps the scaling
+    (tmp_path / "export" / "config.json").write_text(json.dumps(hf_config(cfg, {"bos": 1, "eos": 2, "pad": 0})))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
+    assert np.abs(hf_logits(loaded)[..., :VOCAB] - hf_logits(model))[MASK.astype(bool)].max() < 1e-5
 
 
 def test_imported_logits_equal_the_hf_models_on_ragged_prompts(hf):
@@ -154,7 +170,7 @@ def test_a_tensor_of_another_shape_or_a_missing_one_is_named(hf, tmp_path):
 
 @pytest.mark.parametrize("change, named", [
     ({"model_type": "gemma2"}, "model_type 'gemma2'"),
-    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope_scaling"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 8.0}}, "rope_scaling: RoPE type 'yarn'"),
     ({"attention_bias": True}, "attention_bias"),
     ({"hidden_act": "relu"}, "hidden_act 'relu'"),
 ])
@@ -187,10 +203,41 @@ def test_an_extended_vocabulary_keeps_the_checkpoints_ids_and_its_text_logits(hf
     assert len({row.tobytes() for row in new}) == len(new)  # distinct: the codes can be told apart
 
 
-@pytest.mark.slow  # compiles a server (Llama's: the engine test above holds both families to HF's generate)
-def test_serve_py_serves_an_imported_checkpoint_with_hf_generates_greedy_text(tmp_path):
+def test_a_llama_3_tokenizer_json_is_extended_keeping_its_ids_and_text_never_encodes_to_a_special(tmp_path):
+    save_llama3_tokenizer(tmp_path)
+    text = text_tokenizer(tmp_path)
+    theirs = AutoTokenizer.from_pretrained(tmp_path)
+    sentence = "a small red circle in the top left, tones 3 A"
+    assert text.encode(sentence) == theirs.encode(sentence, add_special_tokens=False)
+    assert text.decode(text.encode(sentence)) == sentence
+    assert (text.ids["<bos>"], text.ids["<eos>"]) == (VOCAB - 2, VOCAB - 1)
+    assert sorted(text.ids.values())[-7:] == list(range(VOCAB, VOCAB + 7))  # <pad> and our 6 symbols, after its ids
+    assert VOCAB - 1 not in text.encode("typed <|end_of_text|>") and text.ids["<boi>"] not in text.encode("<boi>")
+
+
+def test_a_run_from_a_llama_3_checkpoint_exports_a_tokenizer_json_that_knows_every_id(tmp_path):
     folder = tmp_path / "llama"
-    model = save_hf_model("llama", folder)
+    save_hf_model("llama", folder, bos_token_id=VOCAB - 2, eos_token_id=VOCAB - 1)
+    save_llama3_tokenizer(folder)
+    (folder / "tokenizer.model").unlink()
+    text = text_tokenizer(folder)
+    run = small_model_config(image_vocab_size=30, audio_vocab_size=20)
+    cfg = imported_config(folder, run, text.size, modalities=True)
+    graphdef, params = import_model(folder, cfg, make_mesh(MeshConfig(data=1, fsdp=1, tensor=1)))
+    write_checkpoint(cfg, graphdef, params, text, tmp_path / "export")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "export")
+    assert tokenizer.encode("a red circle", add_special_tokens=False) == text.encode("a red circle")
+    image = cfg.text_vocab_size + 4
+    assert tokenizer.convert_ids_to_tokens([text.ids["<boi>"], image, image + 30]) == ["<boi>", "<image_4>", "<audio_4>"]
+    assert tokenizer.bos_token_id == VOCAB - 2 and tokenizer.eos_token_id == VOCAB - 1
+
+
+@pytest.mark.slow  # compiles a server
+def test_serve_py_serves_an_imported_llama_3_checkpoint_with_hf_generates_greedy_text(tmp_path):
+    folder = tmp_path / "llama"
+    model = save_hf_model("llama", folder, bos_token_id=VOCAB - 2, eos_token_id=VOCAB - 1)
+    (folder / "tokenizer.model").unlink()
+    save_llama3_tokenizer(folder)
     cfg = dataclasses.replace(SERVE_CFG, model=dataclasses.replace(SERVE_CFG.model, compute_dtype="float32"))
     mesh = make_mesh(cfg.mesh)
     cfg, vocab, graphdef, params = text_model(folder, cfg, mesh)

@@ -1,16 +1,21 @@
-"""Text <-> ids with SentencePiece: trained by the project on its corpus, or a user's `.model` file.
+"""Text <-> ids with SentencePiece: trained by the project on its corpus, or a user's `.model` file;
+or, for an imported checkpoint that has no SentencePiece model (Llama 3), its Hugging Face
+`tokenizer.json` (`JsonTokenizer`). Both offer the same few methods; `load_text_tokenizer` reads
+either from a run's tokenizers folder.
 
-Ids 0-9 are the control symbols every model here relies on; byte fallback means any text,
-in any script, encodes without `<unk>`.
+Ids 0-9 of a trained model are the control symbols every model here relies on; byte fallback
+means any text, in any script, encodes without `<unk>`.
 """
 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Iterable
 
 import sentencepiece as spm
+from tokenizers import Tokenizer
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 # Delimiters of image and audio runs, and chat turns: inserted by id, never produced from text.
@@ -18,6 +23,8 @@ CONTROL = ("<boi>", "<eoi>", "<boa>", "<eoa>", "<start_of_turn>", "<end_of_turn>
 
 
 class TextTokenizer:
+    FILE = "text.model"  # its name in a run's tokenizers folder
+
     def __init__(self, model_proto: bytes, source: str = "<bytes>"):
         self.processor = spm.SentencePieceProcessor(model_proto=model_proto)
         self.model_proto = model_proto
@@ -49,6 +56,56 @@ class TextTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`; an id with no piece (a model may generate any id it has) reads as <unk>'s " ⁇ "."""
         return self.processor.decode([i if 0 <= i < self.size else self._unk for i in ids])
+
+    def piece(self, token: int) -> str:
+        """One id's piece as text (spaces shown as spaces): how logprobs show a token."""
+        return self.processor.id_to_piece(token).replace("\u2581", " ")
+
+
+class JsonTokenizer:
+    """A Hugging Face `tokenizers` model (tokenizer.json), with the names of its bos, eos and pad
+    tokens; saved as one JSON object holding both. Text never encodes to a special token: typing
+    `<|eot_id|>` gives its characters' ids, as typing `<end_of_turn>` does with SentencePiece."""
+
+    FILE = "text.json"
+
+    def __init__(self, tokenizer_json: str, specials: dict[str, str], source: str = "<json>"):
+        self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        self.tokenizer.encode_special_tokens = True
+        self.specials = dict(specials)
+        vocab = self.tokenizer.get_vocab(with_added_tokens=True)
+        missing = [s for s in (PAD, BOS, EOS, *CONTROL) if self.specials.get(s, s) not in vocab]
+        if missing:
+            raise ValueError(f"tokenizer {source} lacks the control symbols {missing} (extend it: open_weights/vocabulary.py)")
+        self.ids = {s: vocab[self.specials.get(s, s)] for s in (PAD, BOS, EOS, *CONTROL)}
+        self.size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "JsonTokenizer":
+        saved = json.loads(Path(path).read_text())
+        return cls(saved["tokenizer"], saved["specials"], source=str(path))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps({"tokenizer": self.tokenizer.to_str(), "specials": self.specials}))
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of `ids`; an id past the vocabulary reads as nothing."""
+        return self.tokenizer.decode([i for i in ids if 0 <= i < self.size], skip_special_tokens=False)
+
+    def piece(self, token: int) -> str:
+        return self.tokenizer.decode([token], skip_special_tokens=False)
+
+
+def load_text_tokenizer(folder: str | Path) -> TextTokenizer | JsonTokenizer:
+    """The text tokenizer saved in a run's tokenizers folder, whichever kind it is."""
+    folder = Path(folder)
+    if (folder / JsonTokenizer.FILE).is_file():
+        return JsonTokenizer.load(folder / JsonTokenizer.FILE)
+    return TextTokenizer.load(folder / TextTokenizer.FILE)
 
 
 def train_text_tokenizer(sentences: Iterable[str], vocab_size: int) -> TextTokenizer:

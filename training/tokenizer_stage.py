@@ -134,7 +134,7 @@ def train_tokenizers(cfg: Config, workdir: Path, log: Callable[[str], None] = pr
 
     t = time.perf_counter()
     text = _text_tokenizer(cfg, lambda: mixture_texts(cfg, train, cfg.tokenizers.text_examples))
-    text.save(root / "text.model")
+    text.save(root / text.FILE)
     metrics["text"] = {"pieces": text.size, "seconds": time.perf_counter() - t}
     log(f"text tokenizer: {text.size} pieces in {metrics['text']['seconds']:.1f}s")
 
@@ -190,7 +190,7 @@ def _train_on_world(cfg: Config, workdir: Path, log: Callable[[str], None]) -> d
 
     t = time.perf_counter()
     text = _text_tokenizer(cfg, lambda: world.world_texts(cfg.data.seed, cfg.tokenizers.text_examples))
-    text.save(root / "text.model")
+    text.save(root / text.FILE)
     metrics["text"] = {"pieces": text.size, "seconds": time.perf_counter() - t}
     log(f"text tokenizer: {text.size} pieces in {metrics['text']['seconds']:.1f}s")
 
