@@ -105,16 +105,13 @@ def main() -> None:
         compile_on_cpu()
         sys.exit(compile_only(compile_train_step, cfg, flags.topology))
     workdir = Path(flags.workdir or f"runs/{cfg.name}")
-    try:  # a run from open weights takes the checkpoint's architecture (open_weights/)
-        if flags.init_from:
-            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=flags.init_from))
-        cfg = run_config(cfg, workdir)
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"train.py: {error}")
     join_other_processes(flags)
     try:  # a mesh that does not fit the devices stops here, naming the field, before any work or compile
+        if flags.init_from:
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=flags.init_from))
+        cfg = run_config(cfg, workdir)  # a run from open weights takes the checkpoint's architecture
         make_mesh(cfg.mesh)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         sys.exit(f"train.py: {error}")
     if flags.stage == "sft" and not cfg.sft.steps:
         sys.exit("train.py: --stage sft needs --sft.steps above 0")

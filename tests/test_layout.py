@@ -11,7 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # The repo's own top-level packages and modules: an import naming one of these is an intra-repo import.
-PACKAGES = {"configs", "model", "parallel", "tokenization", "data", "training", "serving", "checkpoints", "bench"}
+PACKAGES = {"configs", "model", "parallel", "tokenization", "data", "training", "serving", "checkpoints", "open_weights",
+            "bench"}
 SCRIPTS = {"train", "serve"}  # top-level scripts; importing one runs its imports too
 REPO = PACKAGES | SCRIPTS
 NOT_SOURCE = {"tests", "docs", "build", "runs", "__pycache__"}
