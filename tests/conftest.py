@@ -1,5 +1,15 @@
-"""Shared fixtures: a vocabulary over the world's text with cheap stand-in image and audio codecs."""
+"""Shared fixtures: a vocabulary over the world's text with cheap stand-in image and audio codecs.
 
+Every XLA program the suite compiles is kept in a compilation cache for the session (subprocesses
+inherit it through the environment): the same small model's engine, train step and evaluator are
+compiled by test after test, and a hit reads the compiled program back instead of compiling it
+again. The cache is a fresh folder per session, so nothing carries over from another run.
+"""
+
+import os
+import tempfile
+
+import jax
 import numpy as np
 import pytest
 
@@ -11,6 +21,13 @@ from serving.server import make_server
 from tests.helpers import WORLD_MODEL
 from tests.serving_helpers import SERVE_CFG, served_model, serving_live
 from tokenization.text import train_text_tokenizer
+
+os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="xla-cache-")
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 class BlockColourCodec:
