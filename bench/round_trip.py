@@ -11,6 +11,7 @@ the digit rows of factorised code embeddings come back folded into the table).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -40,7 +41,7 @@ def main() -> None:
     parser.add_argument("--stage", default="lm", choices=("lm", "sft"))
     args = parser.parse_args()
     cfg = get_config(args.config)
-    cfg = cfg.__class__(**{**cfg.__dict__, "model": cfg.model.__class__(**{**cfg.model.__dict__, "compute_dtype": "float32"})})
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, compute_dtype="float32"))  # exact comparisons
     mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1))
     workdir, out = Path(args.workdir), Path(args.out)
     vocab = load_vocabulary(cfg, workdir)

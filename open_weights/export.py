@@ -91,7 +91,7 @@ def main() -> None:
         sys.exit("open_weights.export: --out DIR is required")
     workdir = Path(flags.workdir or f"runs/{cfg.name}")
     try:
-        cfg = run_config(cfg)
+        cfg = run_config(cfg, workdir)  # a run trained from open weights has that checkpoint's architecture
         family_of(cfg.model)
         stage = latest_stage(workdir) if flags.stage == "latest" else flags.stage
         graphdef, params, step = restore_params(cfg, workdir, make_mesh(cfg.mesh), stage)

@@ -271,6 +271,9 @@ def test_the_lm_stage_continues_multimodally_from_an_imported_checkpoint(tmp_pat
     last = train_lm(cfg, tmp_path / "run", vocab, splits, log=logs.append)
     assert last["step"] == 2 and np.isfinite(last["loss"])
     assert any(line.startswith(f"LM starts from the llama checkpoint {folder}") for line in logs)
+    # Serving or exporting the run needs no flag: its checkpoint says where it started.
+    plain = dataclasses.replace(base, model=dataclasses.replace(base.model, compute_dtype="float32"))
+    assert run_config(plain, tmp_path / "run").model == cfg.model
     mesh = make_mesh(cfg.mesh)
     _, trained, _ = restore_params(cfg, tmp_path / "run", mesh)
     _, imported = import_model(folder, cfg.model, mesh)
