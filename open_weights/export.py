@@ -66,6 +66,7 @@ def write_tokenizer(cfg: ModelConfig, text: TextTokenizer | JsonTokenizer, famil
         config = {"tokenizer_class": TOKENIZER_CLASSES[family], "bos_token": piece(text.ids[BOS]),
                   "eos_token": piece(text.ids[EOS]), "pad_token": piece(text.ids[PAD]),
                   "unk_token": piece(text.processor.unk_id()), "add_bos_token": True, "add_eos_token": False,
+                  "mask_token": None,  # GemmaTokenizer would otherwise add a <mask> past every id
                   "added_tokens_decoder": {str(text.size + i): {
                       "content": name, "special": True, "lstrip": False, "rstrip": False, "normalized": False,
                       "single_word": False} for i, name in enumerate(names)}}

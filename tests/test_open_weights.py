@@ -113,15 +113,16 @@ def test_greedy_generation_through_our_engine_equals_hf_generate(hf):
 
 def test_export_loads_in_transformers_as_it_is_and_gives_the_same_logits(hf, tmp_path):
     family, folder, model = hf
-    cfg = float32_config(folder)
-    graphdef, params = import_on_one_device(folder, cfg)
-    out = tmp_path / "export"
-    save_tensors(export_tensors(cfg, graphdef, params), out)
-    (out / "config.json").write_text(json.dumps(hf_config(cfg, {"bos": 1, "eos": 2, "pad": 0})))
-    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    text = text_tokenizer(folder)  # extended: <pad> and our symbols after the checkpoint's 300 ids
+    cfg = imported_config(folder, float32_config(folder), text.size, modalities=False)
+    graphdef, params = import_model(folder, cfg, make_mesh(MeshConfig(data=1, fsdp=1, tensor=1)))
+    assert write_checkpoint(cfg, graphdef, params, text, tmp_path) == family
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(loaded).__name__ == type(model).__name__
-    assert loaded.config.vocab_size == cfg.vocab_size  # padded to a multiple of 128: rows past 300 are zeros
+    assert loaded.config.vocab_size == cfg.vocab_size == 384  # padded to a multiple of 128
     assert np.abs(hf_logits(loaded)[..., :VOCAB] - hf_logits(model))[MASK.astype(bool)].max() < 1e-5
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    assert len(tokenizer) == text.size and tokenizer.convert_ids_to_tokens(text.ids["<boi>"]) == "<boi>"
 
 
 def test_import_export_import_is_bit_exact(hf, tmp_path):
