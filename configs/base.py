@@ -185,8 +185,8 @@ class DataConfig:
     """batches a background thread keeps ready (0: none)"""
     # Documents are the longest (two or three pictures and sounds each); at equal weights they take
     # ~60% of the tokens.
-    world_mixture: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    """mixture weights of the world's caption, audio and document examples"""
+    world_mixture: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    """mixture weights of the world's caption, audio, document and video examples"""
     captioning_share: float = 0.5
     """of the world's caption examples, the share templated picture -> text (the rest: drawing)"""
 
@@ -200,8 +200,9 @@ class DataConfig:
             _fail("data.sources", str(error))
         if len(set(names)) < len(names):
             _fail("data.sources", f"two sources have one name ({names}): metrics are kept per source name")
-        if len(self.world_mixture) != 3 or min(self.world_mixture) <= 0:
-            _fail("data.world_mixture", f"needs 3 positive weights (caption, audio, document), got {self.world_mixture}")
+        if len(self.world_mixture) != 4 or min(self.world_mixture) <= 0:
+            _fail("data.world_mixture", f"needs 4 positive weights (caption, audio, document, video), got "
+                  f"{self.world_mixture}")
         if not 0.0 <= self.captioning_share <= 1.0:
             _fail("data.captioning_share", f"must lie in [0, 1], got {self.captioning_share}")
         if self.overlong not in ("truncate", "drop"):

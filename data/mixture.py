@@ -4,7 +4,7 @@
     encode_sources(cfg, workdir, vocab)      once, by one process, after the tokenizer stage: media -> codes
     open_mixture(cfg, workdir, "train")      every process: {stream: source}, readers, weights
 
-The world enters as its three kinds (its weight split by `data.world_mixture`); a manifest as the
+The world enters as its four kinds (its weight split by `data.world_mixture`); a manifest as the
 prepared ArrayRecord folder (a `.jsonl` is prepared into `<workdir>/data/<name>` first, again
 when the manifest changes); a tfds dataset through its feature mapping. Every check that can fail
 (a missing file or folder, a misspelt dataset or feature, an empty split) fails here, naming the
@@ -27,6 +27,7 @@ from data.encode import encode_prepared, encoded_folder, is_current
 from data.manifest import AUDIO_RATE, Record, segments_of
 from data.prepare import prepare
 from data.sources import FeatureMapping, open_source, read_world, world_by_kind
+from data import world as world_kinds
 from data.vocab import Vocabulary
 from data.world_builder import build_world
 from data.world_chat import WorldConversations
@@ -164,10 +165,11 @@ def open_mixture(cfg: Config, workdir: Path, split: str = "train", world: dict |
         if spec.kind == "world":
             records = (world or world_splits(workdir))[split]
             share = sum(cfg.data.world_mixture) / (replay if conversations else 1)
-            for (kind, source), part in zip(world_by_kind(records, split).items(), cfg.data.world_mixture):
+            parts = dict(zip(world_kinds.KINDS, cfg.data.world_mixture))
+            for kind, source in world_by_kind(records, split).items():
                 stream = f"world/{kind}"
                 sources[stream], readers[stream], source_of[stream] = source, read_world, "world"
-                weights[stream] = spec.weight * part / share
+                weights[stream] = spec.weight * parts[kind] / share
             continue
         if spec.kind == "manifest":
             folder = prepared_folder(spec, workdir)

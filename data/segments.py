@@ -1,4 +1,4 @@
-"""The segments a multimodal example is made of: text, an image, a sound, a control symbol.
+"""The segments a multimodal example is made of: text, an image, a sound, a video, a control symbol.
 
 The world generates them, the vocabulary encodes them to ids (and decodes ids back to them),
 the input pipeline's templates mark which ones the model is trained to produce (`loss`).
@@ -11,7 +11,8 @@ from typing import ClassVar
 
 import numpy as np
 
-TEXT, IMAGE, AUDIO = 0, 1, 2
+TEXT, IMAGE, AUDIO, VIDEO = 0, 1, 2, 3
+# The modalities of token positions (by id range: data/vocab.py): a video's frames are image tokens.
 MODALITY_NAMES = ("text", "image", "audio")
 
 
@@ -42,6 +43,17 @@ class Audio:
     modality: ClassVar[int] = AUDIO
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class Video:
+    """Frames (uint8 [F, H, W, 3], sampled at the run's `tokenizers.video_fps`) or codes (int [F, N],
+    each frame's image codes) or both; decoding fills in what it can."""
+
+    frames: np.ndarray | None = None
+    codes: np.ndarray | None = None
+    loss: bool = True
+    modality: ClassVar[int] = VIDEO
+
+
 @dataclasses.dataclass(frozen=True)
 class Symbol:
     """One control symbol by name (`<start_of_turn>`, `<end_of_turn>`): an id of its own, which no
@@ -54,9 +66,10 @@ class Symbol:
     text: ClassVar[str] = ""
 
 
-Segment = Text | Image | Audio | Symbol
+Segment = Text | Image | Audio | Video | Symbol
 
 
 def payload(segment: Segment):
-    """The signal a segment carries: its text, pixels or waveform."""
-    return {TEXT: lambda s: s.text, IMAGE: lambda s: s.pixels, AUDIO: lambda s: s.waveform}[segment.modality](segment)
+    """The signal a segment carries: its text, pixels, waveform or frames."""
+    return {TEXT: lambda s: s.text, IMAGE: lambda s: s.pixels, AUDIO: lambda s: s.waveform,
+            VIDEO: lambda s: s.frames}[segment.modality](segment)

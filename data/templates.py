@@ -5,6 +5,7 @@ The loss covers what the model must produce (the answer), never the prompt:
     captioning      [Text(prompt), Image]          -> Text(caption)        (image -> text)
     drawing         [Text(prompt + caption)]       -> Image                (text -> image)
     transcription   [Text(prompt), Audio]          -> Text(transcript)     (audio -> text)
+    video_captioning [Text(prompt), Video]         -> Text(caption)        (video -> text)
     document        every segment is trained: an interleaved document is its own answer
     text            plain text, all trained
     conversation    a chat's turns through the conversation template (data/conversation.py):
@@ -17,12 +18,13 @@ import dataclasses
 
 import numpy as np
 
-from data.segments import Audio, Image, Segment, Text
+from data.segments import Audio, Image, Segment, Text, Video
 
-TASKS = ("captioning", "drawing", "transcription", "document", "text", "conversation")
+TASKS = ("captioning", "drawing", "transcription", "video_captioning", "document", "text", "conversation")
 CAPTION_PROMPT = "Describe the picture:"
 DRAW_PROMPT = "Draw:"
 TRANSCRIBE_PROMPT = "Transcribe the tones:"
+VIDEO_PROMPT = "Describe the clip:"
 
 
 def captioning(image: Image, caption: str) -> list[Segment]:
@@ -37,6 +39,11 @@ def drawing(image: Image, caption: str) -> list[Segment]:
 def transcription(audio: Audio, transcript: str) -> list[Segment]:
     return [Text(TRANSCRIBE_PROMPT, loss=False), Audio(waveform=audio.waveform, codes=audio.codes, loss=False),
             Text(transcript, loss=True)]
+
+
+def video_captioning(video: Video, caption: str) -> list[Segment]:
+    return [Text(VIDEO_PROMPT, loss=False), Video(frames=video.frames, codes=video.codes, loss=False),
+            Text(caption, loss=True)]
 
 
 def document(segments: list[Segment]) -> list[Segment]:
@@ -60,11 +67,14 @@ def apply(kind: str, segments: list[Segment], rng: np.random.Generator,
     if kind == "audio":
         audio, transcript = segments
         return "transcription", transcription(audio, transcript.text)
+    if kind == "video":
+        video, caption = segments
+        return "video_captioning", video_captioning(video, caption.text)
     if kind == "document":
         return "document", document(segments)
     if kind == "text":
         return "text", document(segments)
     if kind == "conversation":
         return "conversation", list(segments)
-    raise ValueError(f"no template for examples of kind {kind!r}; known kinds: caption, audio, document, text, "
-                     f"conversation")
+    raise ValueError(f"no template for examples of kind {kind!r}; known kinds: caption, audio, video, document, "
+                     f"text, conversation")

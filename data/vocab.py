@@ -7,7 +7,10 @@
 
 A segment list such as [Text("Describe:"), Image(pixels), Text("a red circle")] encodes to ids, a
 loss mask (which positions the model is trained to produce) and a modality id per position, and
-decodes back. Image and audio runs are wrapped in <boi> ... <eoi> and <boa> ... <eoa>.
+decodes back. Image and audio runs are wrapped in <boi> ... <eoi> and <boa> ... <eoa>; a video is
+its frames' image runs wrapped in <bov> ... <eov>:
+
+    <bov> <boi> frame 0's codes <eoi> <boi> frame 1's codes <eoi> ... <eov>
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from configs.base import ModelConfig
-from data.segments import AUDIO, IMAGE, TEXT, Audio, Image, Segment, Symbol, Text
+from data.segments import AUDIO, IMAGE, TEXT, VIDEO, Audio, Image, Segment, Symbol, Text, Video
 from tokenization.text import BOS, EOS, TextTokenizer
 
 
@@ -57,7 +60,8 @@ class Vocabulary:
         self.ids = text.ids
         # What `decode` looks up for every id (a server decodes a window at every token it streams).
         self._dropped = {self.ids[BOS], self.ids[EOS], self.ids["<pad>"]}
-        self._runs = {self.ids["<boi>"]: (self.ids["<eoi>"], IMAGE), self.ids["<boa>"]: (self.ids["<eoa>"], AUDIO)}
+        self._runs = {self.ids["<boi>"]: (self.ids["<eoi>"], IMAGE), self.ids["<boa>"]: (self.ids["<eoa>"], AUDIO),
+                      self.ids["<bov>"]: (self.ids["<eov>"], VIDEO)}
 
     def is_token(self) -> np.ndarray:
         """bool [size]: the ids that are tokens. The text range can be wider than its SentencePiece
@@ -89,11 +93,27 @@ class Vocabulary:
         if isinstance(segment, Audio):
             codes = self._codes(segment.codes, segment.waveform, self.audio, self.audio_codes, "audio")
             return [self.ids["<boa>"], *(codes + self.audio_offset).tolist(), self.ids["<eoa>"]]
+        if isinstance(segment, Video):
+            ids = [self.ids["<bov>"]]
+            for codes in self._frame_codes(segment):
+                ids += [self.ids["<boi>"], *(codes + self.image_offset).tolist(), self.ids["<eoi>"]]
+            return ids + [self.ids["<eov>"]]
         if isinstance(segment, Symbol):
             if segment.name not in self.ids:
                 raise ValueError(f"no control symbol {segment.name!r}; the vocabulary has {sorted(self.ids)}")
             return [self.ids[segment.name]]
-        raise TypeError(f"not a segment: {type(segment).__name__} (expected Text, Image, Audio or Symbol)")
+        raise TypeError(f"not a segment: {type(segment).__name__} (expected Text, Image, Audio, Video or Symbol)")
+
+    def _frame_codes(self, video: Video) -> list[np.ndarray]:
+        """Each frame's image codes: given, or the frames encoded in one batch."""
+        if video.codes is not None:
+            return [self._codes(codes, None, self.image, self.image_codes, "video frame") for codes in video.codes]
+        if video.frames is None or len(video.frames) == 0:
+            raise ValueError("video segment has neither codes nor frames")
+        if self.image is None:
+            raise ValueError("video segment has raw frames but this vocabulary has no image tokenizer")
+        return [self._codes(codes, None, None, self.image_codes, "video frame")
+                for codes in self.image.encode_batch(list(video.frames))]
 
     @staticmethod
     def _codes(codes, signal, codec: Codec | None, count: int, kind: str) -> np.ndarray:
@@ -146,11 +166,24 @@ class Vocabulary:
         return segments
 
     def _media(self, run: np.ndarray, modality: int, signals: bool) -> Segment:
+        if modality == VIDEO:
+            return self._video(run, signals)
         if modality == IMAGE:
             codes = run[(run >= self.image_offset) & (run < self.audio_offset)] - self.image_offset
             return Image(pixels=self._signal(self.image, codes) if signals else None, codes=codes)
         codes = run[(run >= self.audio_offset) & (run < self.audio_offset + self.audio_codes)] - self.audio_offset
         return Audio(waveform=self._signal(self.audio, codes) if signals else None, codes=codes)
+
+    def _video(self, run: np.ndarray, signals: bool) -> Video:
+        """A video run's frames: each <boi> ... <eoi> inside it. A frame that is not a whole picture's
+        codes (a generation cut short) is dropped."""
+        starts = np.nonzero(run == self.ids["<boi>"])[0]
+        frames = [self._media(run[start + 1 : end], IMAGE, signals) for start, end in zip(starts, [*starts[1:], len(run)])]
+        length = self.image.length if self.image else max((f.codes.size for f in frames), default=0)
+        frames = [f for f in frames if length and f.codes.size == length]
+        codes = np.stack([f.codes for f in frames]) if frames else np.zeros((0, length), np.int64)
+        pixels = [f.pixels for f in frames]
+        return Video(frames=np.stack(pixels) if pixels and all(p is not None for p in pixels) else None, codes=codes)
 
     @staticmethod
     def _signal(codec: Codec | None, codes: np.ndarray) -> np.ndarray | None:

@@ -1,4 +1,5 @@
-"""The procedural CPU world: coloured shapes, DTMF tones and documents mixing them, from a seed.
+"""The procedural CPU world: coloured shapes, DTMF tones, clips of shapes that move, change colour
+or appear, and documents mixing them, from a seed.
 
 Pure numpy and fully deterministic: example `index` of `split` under `seed` is rendered from
 `np.random.default_rng([seed, split_id, index])`, so any worker can make any example and nothing
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data.segments import Audio, Image, Segment, Text
+from data.segments import Audio, Image, Segment, Text, Video
 
 IMAGE_SIZE = 32
 SAMPLE_RATE = 16000
@@ -36,9 +37,16 @@ POSITIONS = ("top left", "top right", "bottom left", "bottom right")
 HELD_OUT_COMBINATIONS = (("triangle", "green"), ("circle", "blue"), ("cross", "red"))
 
 SPLITS = ("train", "validation", "compositional")
-KINDS = ("caption", "audio", "document")
+KINDS = ("caption", "audio", "document", "video")
 # Audio carries no shape or colour, so the compositional split holds only image-bearing kinds.
-SPLIT_KINDS = {"train": KINDS, "validation": KINDS, "compositional": ("caption", "document")}
+SPLIT_KINDS = {"train": KINDS, "validation": KINDS, "compositional": ("caption", "document", "video")}
+
+# A clip: FRAMES frames at CLIP_FPS (2 s), one of three events, told by its caption:
+#   moves    "a small red circle moves from the top left to the bottom right"
+#   turns    "a small red circle in the top left turns blue"
+#   appears  "a large blue square appears after a small red circle"
+FRAMES, CLIP_FPS = 4, 2.0
+EVENTS = ("moves", "turns", "appears")
 
 # The DTMF keypad: each key is one low (row) tone plus one high (column) tone.
 ROW_HZ = (697.0, 770.0, 852.0, 941.0)
@@ -105,28 +113,129 @@ def _shape_distance(shape: str, dx: np.ndarray, dy: np.ndarray, radius: float) -
     raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
 
 
-def render_image(rng: np.random.Generator, shape: str, colour: str, size: str, position: str) -> np.ndarray:
-    """One jittered shape on a plain light-grey background, uint8 [32, 32, 3].
+def _placement(rng: np.random.Generator, size: str, position: str, radius: float | None = None):
+    """(radius, centre x, centre y) of a shape of `size` in the quadrant `position`, jittered.
 
-    Edges are anti-aliased by turning the signed distance at each pixel centre into coverage.
     The shape stays inside its quadrant (half-extent <= 6.3 px and centre within 1.5 px of the
     quadrant's centre when large, <= 4.2 px and 3 px when small), so its position is never
-    ambiguous; small and large never overlap in size.
-    """
+    ambiguous; small and large never overlap in size."""
     if size not in SIZES or position not in POSITIONS:
         raise ValueError(f"bad size {size!r} or position {position!r}")
     quadrant = IMAGE_SIZE // 2
-    radius = rng.uniform(3.0, 4.0) if size == "small" else rng.uniform(5.0, 6.0)
+    if radius is None:
+        radius = rng.uniform(3.0, 4.0) if size == "small" else rng.uniform(5.0, 6.0)
     jitter = 3.0 if size == "small" else 1.5
     top, left = ("bottom" in position) * quadrant, ("right" in position) * quadrant
     cy = top + quadrant / 2 + rng.uniform(-jitter, jitter)
     cx = left + quadrant / 2 + rng.uniform(-jitter, jitter)
+    return radius, cx, cy
+
+
+def _foreground(rng: np.random.Generator, colour: str) -> np.ndarray:
+    return np.clip(np.array(COLOURS[colour]) + rng.uniform(-15, 15, 3), 0, 255)
+
+
+def _paint(image_hwc: np.ndarray, shape: str, foreground_c: np.ndarray, radius: float, cx: float, cy: float) -> np.ndarray:
+    """The shape over a float picture. Edges are anti-aliased by turning the signed distance at
+    each pixel centre into coverage."""
     y_h1, x_1w = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE] + 0.5  # pixel centres
     coverage_hw = np.clip(0.5 - _shape_distance(shape, x_1w - cx, y_h1 - cy, radius), 0.0, 1.0)
-    foreground_c = np.clip(np.array(COLOURS[colour]) + rng.uniform(-15, 15, 3), 0, 255)
-    background = rng.uniform(190, 235)
-    image_hwc = background + coverage_hw[..., None] * (foreground_c - background)
+    return image_hwc + coverage_hw[..., None] * (foreground_c - image_hwc)
+
+
+def _background(rng: np.random.Generator) -> np.ndarray:
+    return np.full((IMAGE_SIZE, IMAGE_SIZE, 3), rng.uniform(190, 235))
+
+
+def render_image(rng: np.random.Generator, shape: str, colour: str, size: str, position: str) -> np.ndarray:
+    """One jittered shape on a plain light-grey background, uint8 [32, 32, 3]."""
+    radius, cx, cy = _placement(rng, size, position)
+    foreground_c = _foreground(rng, colour)
+    image_hwc = _paint(_background(rng), shape, foreground_c, radius, cx, cy)
     return np.round(image_hwc).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Clips
+
+
+def clip_caption(event: str, first: tuple[str, str, str, str], detail: tuple[str, ...]) -> str:
+    """The caption of a clip whose first shape is `first` (shape, colour, size, position):
+    `detail` is the end position (moves), the new colour (turns) or the second shape's (shape,
+    colour, size, position) (appears)."""
+    shape, colour, size, position = first
+    if event == "moves":
+        return f"a {size} {colour} {shape} moves from the {position} to the {detail[0]}"
+    if event == "turns":
+        return f"a {size} {colour} {shape} in the {position} turns {detail[0]}"
+    if event == "appears":
+        return f"a {detail[2]} {detail[1]} {detail[0]} appears after a {size} {colour} {shape}"
+    raise ValueError(f"unknown event {event!r}; expected one of {EVENTS}")
+
+
+def parse_clip_caption(text: str) -> tuple[str, tuple, tuple] | None:
+    """(event, shapes, change) of a clip caption, or None if it is not one: `shapes` are the
+    (size, colour, shape) it names, `change` what happens (the positions moved between, the place
+    and the new colour, or nothing but the appearance). Scores a caption part by part."""
+    words = text.split(" ")
+    if len(words) < 4 or words[0] != "a":
+        return None
+    first = tuple(words[1:4])
+    if not (first[0] in SIZES and first[1] in COLOURS and first[2] in SHAPES):
+        return None
+    rest = " ".join(words[4:])
+    for a in POSITIONS:
+        for b in POSITIONS:
+            if rest == f"moves from the {a} to the {b}":
+                return "moves", (first,), (a, b)
+        for colour in COLOURS:
+            if rest == f"in the {a} turns {colour}":
+                return "turns", (first,), (a, colour)
+    second = tuple(words[7:10])
+    if words[4:7] == ["appears", "after", "a"] and len(words) == 10 and (
+            second[0] in SIZES and second[1] in COLOURS and second[2] in SHAPES):
+        return "appears", (first, second), ()
+    return None
+
+
+def _other(rng: np.random.Generator, options: tuple, *taken):
+    return _pick(rng, tuple(o for o in options if o not in taken))
+
+
+def sample_clip(rng: np.random.Generator, split: str) -> tuple[np.ndarray, str]:
+    """(frames uint8 [FRAMES, 32, 32, 3], caption) of a fresh clip: a shape that moves from one
+    quadrant to another (its centre interpolated across the frames), one that changes colour at a
+    random frame, or a second shape that appears at a random frame beside the first. The first
+    shape's (shape, colour) pair follows the split's rule; a new colour or a second shape is never
+    a held-out pair outside the compositional split."""
+    event = _pick(rng, EVENTS)
+    first = sample_attributes(rng, split)
+    shape, colour, size, position = first
+    canvas = _background(rng)
+    radius, cx, cy = _placement(rng, size, position)
+    foreground_c = _foreground(rng, colour)
+    if event == "moves":
+        end = _other(rng, POSITIONS, position)
+        _, ex, ey = _placement(rng, size, end, radius)
+        frames = [_paint(canvas, shape, foreground_c, radius, cx + t * (ex - cx), cy + t * (ey - cy))
+                  for t in np.linspace(0.0, 1.0, FRAMES)]
+        detail: tuple = (end,)
+    elif event == "turns":
+        held = {c for s, c in HELD_OUT_COMBINATIONS if s == shape} if split != "compositional" else set()
+        new = _other(rng, tuple(COLOURS), colour, *held)
+        change, new_c = int(rng.integers(1, FRAMES)), _foreground(rng, new)
+        frames = [_paint(canvas, shape, foreground_c if i < change else new_c, radius, cx, cy) for i in range(FRAMES)]
+        detail = (new,)
+    else:
+        second = sample_attributes(rng, "train" if split == "compositional" else split)
+        second = (*second[:3], _other(rng, POSITIONS, position))
+        r2, x2, y2 = _placement(rng, second[2], second[3])
+        appear, second_c = int(rng.integers(1, FRAMES)), _foreground(rng, second[1])
+        alone = _paint(canvas, shape, foreground_c, radius, cx, cy)
+        both = _paint(alone, second[0], second_c, r2, x2, y2)
+        frames = [alone if i < appear else both for i in range(FRAMES)]
+        detail = second
+    return np.round(np.stack(frames)).astype(np.uint8), clip_caption(event, first, detail)
 
 
 def detect_picture(image_hwc: np.ndarray) -> tuple[str | None, str | None]:
@@ -249,8 +358,13 @@ def _merge_text(segments: list[Segment]) -> list[Segment]:
 
 
 def _document_item(rng: np.random.Generator, medium: str, split: str) -> list[Segment]:
-    """One picture or sound with its text, either describing it or asking for it."""
+    """One picture, sound or clip with its text, either describing it or asking for it."""
     describe = rng.random() < 0.5
+    if medium == "video":
+        frames, words = sample_clip(rng, split)
+        if describe:
+            return [Text(_pick(rng, ("Here is a clip:", "Watch this:"))), Video(frames=frames), Text(f"In it, {words}.")]
+        return [Text(f"{_pick(rng, ('A clip in which', 'Animate'))} {words}:"), Video(frames=frames)]
     if medium == "image":
         attributes = sample_attributes(rng, split)
         image, words = render_image(rng, *attributes), caption(*attributes)
@@ -269,8 +383,9 @@ def _document_item(rng: np.random.Generator, medium: str, split: str) -> list[Se
 def sample_example(rng: np.random.Generator, kind: str, split: str) -> list[Segment]:
     """A fresh rendering of `kind` as a segment list.
 
-    caption: [image, text]; audio: [audio, text]; document: two or three pictures and sounds
-    (at least one of each, in random order), each described after it or asked for before it.
+    caption: [image, text]; audio: [audio, text]; video: [video, text]; document: two or three
+    pictures, sounds and clips (at least one picture and one sound, in random order), each
+    described after it or asked for before it.
     """
     if kind == "caption":
         attributes = sample_attributes(rng, split)
@@ -280,8 +395,11 @@ def sample_example(rng: np.random.Generator, kind: str, split: str) -> list[Segm
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         symbols = sample_symbols(rng)
         return [Audio(waveform=render_dtmf(rng, symbols)), Text(transcript(symbols))]
+    if kind == "video":
+        frames, words = sample_clip(rng, split)
+        return [Video(frames=frames), Text(words)]
     if kind == "document":
-        media = ["image", "audio"] + ([_pick(rng, ("image", "audio"))] if rng.random() < 0.5 else [])
+        media = ["image", "audio"] + ([_pick(rng, ("image", "audio", "video"))] if rng.random() < 0.5 else [])
         rng.shuffle(media)
         return _merge_text([segment for medium in media for segment in _document_item(rng, medium, split)])
     raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")

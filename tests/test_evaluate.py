@@ -13,7 +13,7 @@ from serving.offline import generate
 from tests.helpers import jit_forward
 from tests.serving_helpers import SERVE_CFG, make_engine, prompt_of, served_model
 from tests.test_engine import reference_greedy
-from training.evaluate import Evaluator, Task, answer_segments, answers, is_right, world_tasks
+from training.evaluate import Evaluator, Task, answer_segments, answers, clip_part_accuracy, is_right, world_tasks
 
 
 @pytest.mark.slow
@@ -49,10 +49,11 @@ def _right_answer(vocab, task, reference, prompt_segments=None):
 
 
 def test_scorers_accept_the_right_answer_and_reject_a_wrong_one(tmp_path, vocab):
-    splits = build_world(str(tmp_path / "world"), seed=3, train=3, validation=12, compositional=4).as_data_source()
+    splits = build_world(str(tmp_path / "world"), seed=3, train=3, validation=12, compositional=6).as_data_source()
     tasks = {task.name: task for task in world_tasks(splits, vocab, examples=2)}
-    assert sorted(tasks) == ["caption", "compositional_caption", "drawing", "transcription"]
-    for name in ("caption", "transcription", "compositional_caption"):
+    assert sorted(tasks) == ["caption", "compositional_caption", "compositional_video_caption", "drawing",
+                             "transcription", "video_caption"]
+    for name in ("caption", "transcription", "compositional_caption", "video_caption", "compositional_video_caption"):
         task = tasks[name]
         for reference in task.references:
             right = _right_answer(vocab, task, reference)
@@ -77,8 +78,23 @@ def test_scorers_accept_the_right_answer_and_reject_a_wrong_one(tmp_path, vocab)
         assert not is_right(task, answer_segments(vocab, cut), (colour, position))
 
 
+def test_clip_captions_are_scored_whole_and_by_part():
+    """A clip caption with the right shapes but the wrong end place is right in shape, wrong in motion;
+    an answer that is no clip caption is wrong in both."""
+    references = ["a small red circle moves from the top left to the bottom right",
+                  "a large blue square in the top right turns green",
+                  "a small cyan cross appears after a large red square"]
+    said = ["a small red circle moves from the top left to the top right",
+            "a large blue square in the top right turns green",
+            "a small cyan triangle appears after a large red square"]
+    assert clip_part_accuracy("video_", said, references) == {"eval/video_shape_accuracy": 2 / 3,
+                                                              "eval/video_motion_accuracy": 2 / 3}
+    assert clip_part_accuracy("video_", ["tones 1 2", ""], references[:2]) == {"eval/video_shape_accuracy": 0.0,
+                                                                               "eval/video_motion_accuracy": 0.0}
+
+
 def test_the_picture_detector_reads_every_rendered_world_picture():
-    for index in range(0, 300, 3):  # caption examples sit at every third index
+    for index in range(0, 400, len(world.KINDS)):  # caption examples sit at every fourth index
         kind, (image, words) = world.make_example(0, "validation", index)
         assert kind == "caption"
         _, colour, _, position = world.parse_caption(words.text)

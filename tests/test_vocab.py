@@ -9,7 +9,7 @@ import sentencepiece as spm
 
 from configs import get_config
 from tokenization.text import CONTROL, TextTokenizer, train_text_tokenizer
-from data.vocab import AUDIO, IMAGE, TEXT, Audio, Image, Text, Vocabulary
+from data.vocab import AUDIO, IMAGE, TEXT, Audio, Image, Text, Video, Vocabulary
 
 CORPUS = [f"a {size} {colour} {shape} in the {pos}" for size in ("small", "large")
           for colour in ("red", "green", "blue") for shape in ("circle", "square") for pos in ("top left", "bottom right")]
@@ -78,8 +78,31 @@ def test_any_generated_ids_decode_without_error(vocab):
     rng = np.random.default_rng(0)
     for _ in range(20):
         segments = vocab.decode(rng.integers(0, vocab.size, 50))
-        assert all(isinstance(s, (Text, Image, Audio)) for s in segments)
+        assert all(isinstance(s, (Text, Image, Audio, Video)) for s in segments)
     stray = vocab.decode([vocab.text.encode("a red")[0], vocab.image_offset + 5, vocab.size - 1])
     assert len(stray) == 1 and stray[0].text.count("⁇") == 2
     short = vocab.decode([vocab.ids["<boi>"], vocab.image_offset + 1, vocab.image_offset + 2, vocab.ids["<eoi>"]])
     assert short[0].codes.tolist() == [1, 2] and short[0].pixels is None  # too few codes for a picture
+
+
+def test_a_video_is_its_frames_image_runs_inside_bov_eov(vocab):
+    """<bov> (<boi> codes <eoi>) per frame <eov>: frame codes are image ids, the delimiters text; the
+    codes decode back frame by frame, and a cut-short last frame is dropped."""
+    codes = np.arange(3 * 64).reshape(3, 64) * 7 % 1000
+    encoded = vocab.encode([Text("Describe the clip:", loss=False), Video(codes=codes, loss=False), Text("a red circle")])
+    ids = list(encoded.ids)
+    bov, eov = ids.index(vocab.ids["<bov>"]), ids.index(vocab.ids["<eov>"])
+    assert eov - bov == 1 + 3 * 66 and ids[bov + 1] == vocab.ids["<boi>"] and ids[bov + 66] == vocab.ids["<eoi>"]
+    assert ids[bov + 2] == vocab.image_offset + codes[0, 0]
+    assert (encoded.modality[bov + 2 : bov + 66] == IMAGE).all() and encoded.modality[bov] == TEXT
+    assert not encoded.loss_mask[: eov + 1].any() and encoded.loss_mask[eov + 1 :].all()
+    decoded = vocab.decode(encoded.ids)
+    assert [type(s) for s in decoded] == [Text, Video, Text]
+    np.testing.assert_array_equal(decoded[1].codes, codes)
+    assert decoded[1].frames is None  # this vocabulary has no image tokenizer
+    cut = vocab.decode(encoded.ids[: bov + 66 + 10])  # frame 2 has 8 of its codes
+    assert cut[1].codes.shape == (1, 64)
+    with pytest.raises(ValueError, match="video frame codes must lie"):
+        vocab.encode([Video(codes=np.full((2, 64), 1000))])
+    with pytest.raises(ValueError, match="no image tokenizer"):
+        vocab.encode([Video(frames=np.zeros((2, 32, 32, 3), np.uint8))])

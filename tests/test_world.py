@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from data import world
-from data.segments import MODALITY_NAMES, Text, payload
+from data.segments import Text, payload
 from data.world_builder import build_world, decode_segments
 
 
 def pairs(segments):
     """(modality name, signal) per segment, for compact assertions."""
-    return [(MODALITY_NAMES[s.modality], payload(s)) for s in segments]
+    return [(("text", "image", "audio", "video")[s.modality], payload(s)) for s in segments]
 
-CAPTION_RE = re.compile(r"a (small|large) (\w+) (\w+) in the (\w+ \w+)")
+SHAPE_RE = re.compile(r"a (small|large) (\w+) (\w+)")  # every shape a caption or clip caption names
 
 
 def assert_same_segments(got, want):
@@ -32,7 +32,7 @@ def assert_same_segments(got, want):
 def shape_colour_pairs(segments):
     """(shape, colour) of every caption in an example's text."""
     text = " ".join(s.text for s in segments if isinstance(s, Text))
-    return {(shape, colour) for _, colour, shape, _ in CAPTION_RE.findall(text)}
+    return {(shape, colour) for _, colour, shape in SHAPE_RE.findall(text)}
 
 
 @pytest.mark.parametrize("split", world.SPLITS)
@@ -62,7 +62,13 @@ def test_held_out_pairs_never_appear_in_train_or_validation_and_only_they_in_com
     # End to end, through the captions that examples of every kind carry.
     for split in world.SPLITS:
         pairs = set().union(*(shape_colour_pairs(world.make_example(0, split, i)[1]) for i in range(90)))
-        assert pairs and (pairs <= held_out if split == "compositional" else not pairs & held_out)
+        assert pairs and (pairs & held_out if split == "compositional" else not pairs & held_out)
+    for i in range(90):  # a clip's first shape is a held-out pair (a second one, that appears, is not)
+        kind, segments = world.make_example(0, "compositional", i)
+        if kind == "video":
+            event, shapes, _ = world.parse_clip_caption(segments[1].text)
+            size, colour, shape = shapes[-1] if event == "appears" else shapes[0]
+            assert (shape, colour) in held_out, segments[1].text
 
 
 @pytest.mark.parametrize("shape", world.SHAPES)
@@ -98,10 +104,36 @@ def test_examples_have_the_promised_segment_layout():
     assert [m for m, _ in pairs(world.sample_example(rng, "caption", "train"))] == ["image", "text"]
     kind, text = pairs(world.sample_example(rng, "audio", "validation"))[1]
     assert kind == "text" and text.startswith("tones ")
-    for _ in range(20):
+    video, words = pairs(world.sample_example(rng, "video", "train"))
+    assert video[0] == "video" and video[1].shape[0] == world.FRAMES and world.parse_clip_caption(words[1])
+    kinds = set()
+    for _ in range(60):
         modalities = [m for m, _ in pairs(world.sample_example(rng, "document", "train"))]
+        kinds |= set(modalities)
         assert "image" in modalities and "audio" in modalities
         assert all(a != "text" or b != "text" for a, b in zip(modalities, modalities[1:]))
+    assert "video" in kinds  # clips inside interleaved documents
+
+
+def test_clips_show_what_their_captions_say():
+    """Moves: the first frame has the shape at its start, the last at its end; turns: the colour
+    changes, the place does not; appears: one shape, then another beside it."""
+    rng = np.random.default_rng(4)
+    seen = set()
+    for _ in range(60):
+        frames, words = world.sample_clip(rng, "train")
+        assert frames.shape == (world.FRAMES, 32, 32, 3) and frames.dtype == np.uint8
+        event, shapes, change = world.parse_clip_caption(words)
+        seen.add(event)
+        first, last = world.detect_picture(frames[0]), world.detect_picture(frames[-1])
+        if event == "moves":
+            assert first == (shapes[0][1], change[0]) and last == (shapes[0][1], change[1]), words
+        elif event == "turns":
+            assert first == (shapes[0][1], change[0]) and last == (change[1], change[0]), words
+        else:
+            assert first == (shapes[1][1], first[1]) and not np.array_equal(frames[0], frames[-1]), words
+    assert seen == set(world.EVENTS)
+    assert world.parse_clip_caption("a small red circle in the top left") is None
 
 
 def test_tfds_builder_builds_and_reads_back_without_tensorflow(tmp_path):

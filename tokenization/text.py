@@ -3,7 +3,7 @@ or, for an imported checkpoint that has no SentencePiece model (Llama 3), its Hu
 `tokenizer.json` (`JsonTokenizer`). Both offer the same few methods; `load_text_tokenizer` reads
 either from a run's tokenizers folder.
 
-Ids 0-9 of a trained model are the control symbols every model here relies on; byte fallback
+Ids 0-11 of a trained model are the control symbols every model here relies on; byte fallback
 means any text, in any script, encodes without `<unk>`.
 """
 
@@ -18,8 +18,8 @@ import sentencepiece as spm
 from tokenizers import Tokenizer
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
-# Delimiters of image and audio runs, and chat turns: inserted by id, never produced from text.
-CONTROL = ("<boi>", "<eoi>", "<boa>", "<eoa>", "<start_of_turn>", "<end_of_turn>")
+# Delimiters of image, audio and video runs, and chat turns: inserted by id, never produced from text.
+CONTROL = ("<boi>", "<eoi>", "<boa>", "<eoa>", "<start_of_turn>", "<end_of_turn>", "<bov>", "<eov>")
 
 
 class TextTokenizer:

@@ -11,7 +11,11 @@
     eval/drawing_accuracy                validation captions -> sampled image tokens -> pixels
                                          -> `world.detect_picture`: colour and position both right
     eval/compositional_caption_accuracy  pictures of (shape, colour) pairs never trained on -> caption
-                                         (these four when the world is in the mixture)
+    eval/video_caption_accuracy          validation clips -> their caption, exact match, and by part:
+    eval/video_shape_accuracy              the shapes it names (size, colour, shape) all right
+    eval/video_motion_accuracy             what happens (the event and its places or new colour) right
+    eval/compositional_video_caption_... clips whose first shape is a held-out pair, the same three
+                                         (these when the world is in the mixture)
     eval/chat/<kind>_accuracy            SFT: the model's turns of held-out world conversations, each
                                          asked with the conversation so far: caption, transcript,
                                          follow_up (turns 2 and 3), drawing (the detector, as above)
@@ -61,31 +65,39 @@ class Task:
     top_k: int | None = None
     word_error_rate: bool = False  # also report eval/<name>_word_error_rate (text references)
     end: str = EOS  # the symbol an answer ends at: <eos>, or <end_of_turn> in a conversation
+    clip_parts: bool = False  # also report eval/<name minus "caption">{shape,motion}_accuracy (clip captions)
 
 
 def world_tasks(splits: dict, vocab: Vocabulary, examples: int) -> list[Task]:
-    """The four tasks over the first `examples` caption and audio examples of each held-out split.
+    """The six tasks over the first `examples` caption, audio and video examples of each held-out split.
 
     `splits` maps "validation" and "compositional" to random-access sources of world records.
     """
-    captions, drawings, transcripts, compositional = [], [], [], []
-    for kind, segments in _examples(splits["validation"], ("caption", "audio"), examples):
+    captions, drawings, transcripts, compositional, clips, compositional_clips = [], [], [], [], [], []
+    for kind, segments in _examples(splits["validation"], ("caption", "audio", "video"), examples):
         if kind == "caption":
             image, words = segments
             captions.append((templates.captioning(image, words.text)[:-1], words.text))
             drawings.append((templates.drawing(image, words.text)[:-1], world.parse_caption(words.text)))
-        else:
+        elif kind == "audio":
             audio, words = segments
             transcripts.append((templates.transcription(audio, words.text)[:-1], words.text))
-    for _, (image, words) in _examples(splits["compositional"], ("caption",), examples):
-        compositional.append((templates.captioning(image, words.text)[:-1], words.text))
+        else:
+            video, words = segments
+            clips.append((templates.video_captioning(video, words.text)[:-1], words.text))
+    for kind, segments in _examples(splits["compositional"], ("caption", "video"), examples):
+        template = templates.captioning if kind == "caption" else templates.video_captioning
+        (compositional if kind == "caption" else compositional_clips).append(
+            (template(segments[0], segments[1].text)[:-1], segments[1].text))
 
     image_tokens = 2 + vocab.image.length  # <boi> codes <eoi>
     drawing = Task("drawing", [_prompt(vocab, p) for p, _ in drawings],
                    [(attributes[1], attributes[3]) for _, attributes in drawings], image_tokens + 1,
                    temperature=1.0, top_k=10)
     return [_text_task("caption", captions, vocab), _text_task("transcription", transcripts, vocab), drawing,
-            _text_task("compositional_caption", compositional, vocab)]
+            _text_task("compositional_caption", compositional, vocab),
+            dataclasses.replace(_text_task("video_caption", clips, vocab), clip_parts=True),
+            dataclasses.replace(_text_task("compositional_video_caption", compositional_clips, vocab), clip_parts=True)]
 
 
 def source_tasks(mixture: Mixture, vocab: Vocabulary, examples: int) -> list[Task]:
@@ -224,10 +236,22 @@ def evaluate(engine: Engine, vocab: Vocabulary, tasks: list[Task]) -> dict[str, 
         said = [answer_segments(vocab, answer, task.end) for answer in answers(engine, task, vocab)]
         right = sum(is_right(task, answer, reference) for answer, reference in zip(said, task.references))
         metrics[f"eval/{task.name}_accuracy"] = right / len(task.prompts)
+        texts = [answer[0].text if len(answer) == 1 and isinstance(answer[0], Text) else "" for answer in said]
         if task.word_error_rate:
-            texts = [answer[0].text if len(answer) == 1 and isinstance(answer[0], Text) else "" for answer in said]
             metrics[f"eval/{task.name}_word_error_rate"] = word_error_rate(texts, task.references)
+        if task.clip_parts:
+            metrics.update(clip_part_accuracy(task.name.removesuffix("caption"), texts, task.references))
     return metrics
+
+
+def clip_part_accuracy(prefix: str, texts: list[str], references: list[str]) -> dict[str, float]:
+    """The share of clip captions whose shapes (size, colour, shape of each one named) are right,
+    and whose motion (the event, with the places it moves between or the new colour) is right."""
+    said = [world.parse_clip_caption(text) for text in texts]
+    meant = [world.parse_clip_caption(reference) for reference in references]
+    shape = sum(s is not None and s[1] == m[1] for s, m in zip(said, meant))
+    motion = sum(s is not None and (s[0], s[2]) == (m[0], m[2]) for s, m in zip(said, meant))
+    return {f"eval/{prefix}shape_accuracy": shape / len(texts), f"eval/{prefix}motion_accuracy": motion / len(texts)}
 
 
 class HeldOutLoss:

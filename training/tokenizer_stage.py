@@ -25,7 +25,7 @@ from configs.base import Config
 from data import world
 from data.media import prepare_image
 from data.mixture import Mixture, make_sources, open_mixture
-from data.segments import AUDIO, IMAGE, TEXT
+from data.segments import AUDIO, IMAGE, TEXT, VIDEO, Image
 from open_weights.load import hf_folder, text_tokenizer
 from tokenization.text import TextTokenizer, train_text_tokenizer
 from training import fit_audio_tokenizer, fit_image_tokenizer
@@ -34,8 +34,12 @@ HELD_OUT_SEED = 10_007  # evaluation renderings come from a seed the training st
 
 
 def world_images(rng: np.random.Generator, batch_size: int, split: str = "train") -> np.ndarray:
-    """A batch [B, 32, 32, 3] of fresh renderings: the image tokenizer never sees one twice."""
-    return np.stack([world.render_image(rng, *world.sample_attributes(rng, split)) for _ in range(batch_size)])
+    """A batch [B, 32, 32, 3] of fresh renderings: the image tokenizer never sees one twice. A
+    quarter are frames of clips, which hold shapes between quadrants and two shapes at once."""
+    clips = batch_size // 4
+    frames = [world.sample_clip(rng, split)[0][rng.integers(world.FRAMES)] for _ in range(clips)]
+    return np.stack([world.render_image(rng, *world.sample_attributes(rng, split)) for _ in range(batch_size - clips)]
+                    + frames)
 
 
 class MixtureMedia:
@@ -59,6 +63,8 @@ class MixtureMedia:
             source = self.mixture.sources[stream]
             _, segments = self.mixture.readers[stream](source[int(rng.integers(len(source)))])
             signals = [s for s in segments if s.modality == (IMAGE if modality == "image" else AUDIO)]
+            signals += [Image(pixels=frame) for s in segments if s.modality == VIDEO and modality == "image"
+                        for frame in s.frames]
             misses[stream] = 0 if signals else misses[stream] + 1
             if misses[stream] == tries:
                 self.empty[modality].add(stream)
