@@ -11,9 +11,16 @@ def _si(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _clip(cfg) -> str:
+    """A clip's budget: frames (at fps) x (image tokens + 2), + 2, against a training row."""
+    video, image_tokens = cfg.tokenizers.video, cfg.tokenizers.image.tokens_per_image
+    return (f"{video.max_frames} @ {video.fps:g} fps x {image_tokens + 2} = {video.tokens(image_tokens):,} / "
+            f"{cfg.data.seq_len:,}")
+
+
 def table() -> str:
     header = ("preset", "params (counted)", "params (formula)", "match", "shape", "vocab",
-              "train FLOPs/token @seq", "KV-cache bytes/token")
+              "train FLOPs/token @seq", "KV-cache bytes/token", "clip: frames x tokens = tokens / row")
     rows = []
     for name in PRESETS:
         cfg = get_config(name)
@@ -28,6 +35,7 @@ def table() -> str:
             f"{m.vocab_size:,}",
             f"{train_flops_per_token(m, cfg.data.seq_len):.3e} @{cfg.data.seq_len}",
             f"{kv_cache_bytes_per_token(m):,} ({m.compute_dtype})",
+            _clip(cfg),
         ))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]

@@ -316,6 +316,12 @@ class ServeConfig:
     """characters of text in one request's prompts or messages; more is a 400, before any is tokenized"""
     max_audio_sample_rate: int = 48_000
     """the highest WAV sample rate accepted, in Hz (resampling cost grows with it); the lowest is 1,000"""
+    max_video_bytes: int = 4 * 2**20
+    """the largest video (GIF, MP4, WebM) one content part may carry, in bytes"""
+    max_video_seconds: float = 30.0
+    """the longest video accepted, in seconds (only its first tokenizers.video.max_frames samples are kept)"""
+    max_video_frames: int = 300
+    """the most frames decoded from one video before its samples are taken (a file may pack many into a second)"""
     fetch_timeout_s: float = 10.0
     """seconds one remote image may take to fetch, all of it (connect, headers, body)"""
     header_timeout_s: float = 10.0
@@ -336,6 +342,7 @@ class ServeConfig:
     def __post_init__(self):
         _check_positive("serve", self, ("slots", "max_cache_len", "max_tokens", "max_queue", "request_timeout_s",
                                         "max_body_bytes", "max_prompts", "max_prompt_chars", "max_audio_sample_rate",
+                                        "max_video_bytes", "max_video_seconds", "max_video_frames",
                                         "fetch_timeout_s", "header_timeout_s", "body_timeout_s", "keep_alive_s",
                                         "max_connections", "port"))
 

@@ -195,6 +195,26 @@ class AudioTokenizerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class VideoConfig:
+    """A clip is frames sampled at `fps` from its start, at most `max_frames`, each through the image
+    tokenizer (data/media.py, prepare_video): <bov> (<boi> codes <eoi>) per frame <eov>."""
+
+    fps: float = 2.0
+    """frames sampled per second of a clip"""
+    max_frames: int = 4
+    """the most frames a clip keeps: a longer clip is cut to its first max_frames / fps seconds"""
+
+    def __post_init__(self):
+        if not self.fps > 0 or self.max_frames < 1:
+            raise ValueError(f"config fields `tokenizers.video.fps` and `.max_frames`: must be positive, got "
+                             f"{self.fps} and {self.max_frames}")
+
+    def tokens(self, image_tokens: int) -> int:
+        """The most tokens one clip takes: <bov> <eov>, and each frame's codes between <boi> <eoi>."""
+        return 2 + self.max_frames * (image_tokens + 2)
+
+
+@dataclasses.dataclass(frozen=True)
 class TokenizersConfig:
     """The three tokenizers and how the tokenizer stage trains and measures them."""
 
@@ -204,6 +224,7 @@ class TokenizersConfig:
     """world examples whose text trains SentencePiece"""
     image: ImageTokenizerConfig = ImageTokenizerConfig()
     audio: AudioTokenizerConfig = AudioTokenizerConfig()
+    video: VideoConfig = VideoConfig()
     eval_images: int = 1000
     """held-out renderings for PSNR and code usage"""
     eval_clips: int = 200
@@ -211,4 +232,7 @@ class TokenizersConfig:
 
     @classmethod
     def for_scale(cls) -> "TokenizersConfig":
-        return cls(image=ImageTokenizerConfig.for_scale(), audio=AudioTokenizerConfig.for_scale())
+        # A clip of 7 s at 1 frame a second: 7 x (256 + 2) + 2 = 1,808 tokens, inside every scale plan's
+        # 2,048-token training rows and decode caches.
+        return cls(image=ImageTokenizerConfig.for_scale(), audio=AudioTokenizerConfig.for_scale(),
+                   video=VideoConfig(fps=1.0, max_frames=7))

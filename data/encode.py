@@ -1,4 +1,4 @@
-"""The encode pass: every prepared record's pictures and sound turned into codes once, after the
+"""The encode pass: every prepared record's pictures, sound and videos turned into codes once, after the
 tokenizer stage, so the LM's input pipeline does no media decoding or tokenizer work per step.
 
     <workdir>/data/encoded/<source>/train-00000.array_record ...   the records, media as codes
@@ -7,7 +7,8 @@ tokenizer stage, so the LM's input pipeline does no media decoding or tokenizer 
 
 Records are read in chunks; their pictures and clips go through the tokenizers' `encode_batch`
 (jitted, a batch at a time, on whatever device there is); each record is written back with
-`image_codes` / `audio_codes` parts in place of the media. A source's codes are current while
+`image_codes` / `audio_codes` / `video_codes` (a frame's codes each, the frames sampled as
+`tokenizers.video` says) parts in place of the media. A source's codes are current while
 the run's tokenizers are the ones that made them (their metrics.json, written last by the
 tokenizer stage, is the stamp) and its prepared records are unchanged; otherwise they are made again.
 """
@@ -24,7 +25,8 @@ from pathlib import Path
 import grain
 import numpy as np
 
-from data.manifest import CODES, SPLITS, Part, Record, waveform
+from configs.tokenizers import VideoConfig
+from data.manifest import CODES, SPLITS, Part, Record, video_frames, waveform
 from data.prepare import ShardedWriter
 from data.vocab import Vocabulary
 
@@ -51,14 +53,15 @@ def is_current(folder: Path, workdir: Path, prepared: Path) -> bool:
 
 
 def encode_prepared(prepared: Path, out: Path, vocab: Vocabulary, sample_rate: int, workdir: Path,
-                    records_per_shard: int = 50_000, log=print) -> dict:
+                    records_per_shard: int = 50_000, log=print, video: VideoConfig = VideoConfig(),
+                    image_size: int = 32) -> dict:
     """Encode every record of the prepared folder `prepared` into `out`; returns `out`'s report."""
     started = time.perf_counter()
     report = json.loads((prepared / REPORT).read_text())
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    counts = {"images": 0, "clips": 0}
+    counts = {"images": 0, "clips": 0, "videos": 0}
     for split in SPLITS:
         shards = sorted(prepared.glob(f"{split}-*.array_record"))
         if not shards:
@@ -69,10 +72,15 @@ def encode_prepared(prepared: Path, out: Path, vocab: Vocabulary, sample_rate: i
             records = [Record.from_bytes(source[i]) for i in range(start, min(start + CHUNK_RECORDS, len(source)))]
             images = [p.payload for r in records for p in r.parts if p.modality == "image"]
             clips = [waveform(p, sample_rate) for r in records for p in r.parts if p.modality == "audio"]
+            videos = [video_frames(p, image_size, video) for r in records for p in r.parts
+                      if p.modality in ("video", "video_frames")]
+            frame_codes = iter(vocab.image.encode_batch([f for frames in videos for f in frames]) if videos else [])
             codes = {"image": iter(vocab.image.encode_batch(images) if images else []),
-                     "audio": iter(vocab.audio.encode_batch(clips) if clips else [])}
+                     "audio": iter(vocab.audio.encode_batch(clips) if clips else []),
+                     "video": iter([[next(frame_codes) for _ in frames] for frames in videos])}
             counts["images"] += len(images)
             counts["clips"] += len(clips)
+            counts["videos"] += len(videos)
             for record in records:
                 writer.write(dataclasses.replace(record, parts=tuple(_encoded(p, codes) for p in record.parts)).to_bytes())
         writer.close()
@@ -81,12 +89,14 @@ def encode_prepared(prepared: Path, out: Path, vocab: Vocabulary, sample_rate: i
     (partial / REPORT).write_text(json.dumps(report, indent=1) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
-    log(f"encoded {counts['images']} pictures and {counts['clips']} clips of {prepared.name} in "
+    log(f"encoded {counts['images']} pictures, {counts['clips']} clips and {counts['videos']} videos of {prepared.name} in "
         f"{report['encode_seconds']:.0f}s")
     return report
 
 
 def _encoded(part: Part, codes: dict) -> Part:
+    if part.modality in ("video", "video_frames"):
+        return Part("video_codes", [np.asarray(frame, CODES).tobytes() for frame in next(codes["video"])], part.role)
     if part.modality not in ("image", "audio"):
         return part
     return Part(f"{part.modality}_codes", np.asarray(next(codes[part.modality]), CODES).tobytes(), part.role)

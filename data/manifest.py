@@ -1,11 +1,13 @@
 """A user's own data: the manifest format, one JSON object per line, and its records as stored.
 
-Five kinds of line (file paths are relative to the manifest's folder, or absolute):
+Six kinds of line (file paths are relative to the manifest's folder, or absolute):
 
     {"image": "digits/0007.png", "caption": "a handwritten seven"}                caption
     {"audio": "speech/0042.wav", "transcript": "three one four"}                  audio
+    {"video": "clips/0003.mp4", "caption": "a ball rolls to the left"}            video
     {"text": "def add(a, b):\\n    return a + b\\n"}                               text
-    {"parts": [{"text": "A cat:"}, {"image": "cat.jpg"}, {"audio": "meow.wav"}]}  document
+    {"parts": [{"text": "A cat:"}, {"image": "cat.jpg"}, {"audio": "meow.wav"},   document
+               {"video": "cat_frames/"}]}
     {"messages": [{"role": "user", "content": [                                   conversation
                      {"type": "text", "text": "Which digit is this?"},
                      {"type": "image_url", "image_url": {"url": "digits/0007.png"}}]},
@@ -13,18 +15,21 @@ Five kinds of line (file paths are relative to the manifest's folder, or absolut
 
 A conversation is OpenAI's chat shape: a message's content is a string or a list of parts;
 `image_url.url` is a file path or a `data:image/...;base64,` URL; `input_audio` is
-`{"data": <base64 WAV>, "format": "wav"}` or `{"path": "clip.wav"}`; roles are system, user and
-assistant. Any line may add `"split": "train"` or `"validation"` to pin where it goes; otherwise
+`{"data": <base64 WAV>, "format": "wav"}` or `{"path": "clip.wav"}`; `video_url.url` (vLLM's name)
+is a file path or a `data:video/mp4;base64,` (or webm, or `image/gif`) URL; roles are system, user
+and assistant. A video is a GIF, an MP4 or WebM (anything FFmpeg reads), or a folder of frames
+(image files, in name order, taken at `tokenizers.video.fps`). Any line may add `"split": "train"` or `"validation"` to pin where it goes; otherwise
 the split follows from a hash of the line (data/prepare.py). Any other key is an error: a misspelt
 "captoin" would otherwise drop the caption silently.
 
 Checking a line reads its files: an image must decode (PNG, JPEG, anything PIL reads) and stay
-under the pixel limit; audio must be WAV (integer PCM) no longer than `max_audio_seconds`; a text
-must not be empty. Every failure is a `BadRecord` naming the line and what is wrong.
+under the pixel limit; audio must be WAV (integer PCM) no longer than `max_audio_seconds`; a video
+must decode, every frame of it, and last no longer than `max_video_seconds`; a text must not be empty. Every failure is a `BadRecord` naming the line and what is wrong.
 
 Stored (ArrayRecord, one msgpack map per record): the kind and its parts, each [role, modality,
-payload]. Images keep their original encoded bytes (every image size a tokenizer may want can be
-cut from them); audio becomes 16 kHz mono 16-bit PCM, so reading it back needs no WAV parsing
+payload]. Images and videos keep their original encoded bytes (every image size and frame rate a
+tokenizer may want can be cut from them; a folder of frames is the list of its files' bytes); audio
+becomes 16 kHz mono 16-bit PCM, so reading it back needs no WAV parsing
 or resampling.
 """
 
@@ -41,15 +46,18 @@ import msgpack
 import numpy as np
 
 from data import conversation, media
-from data.segments import Audio, Image, Segment, Text
+from configs.tokenizers import VideoConfig
+from data.segments import Audio, Image, Segment, Text, Video
 
 AUDIO_RATE = 16_000  # of the stored PCM: every preset's audio tokenizer runs at 16 kHz
-KINDS = ("caption", "audio", "text", "document", "conversation")
+KINDS = ("caption", "audio", "video", "text", "document", "conversation")
+MAX_VIDEO_SECONDS = 60.0
 ROLES = ("system", "user", "assistant")
 SPLITS = ("train", "validation")
 _KEYS = {  # the keys each kind of line may hold, beside "split"
     "caption": {"image", "caption"},
     "audio": {"audio", "transcript"},
+    "video": {"video", "caption"},
     "text": {"text"},
     "document": {"parts"},
     "conversation": {"messages"},
@@ -65,8 +73,12 @@ CODES = "<i4"  # the stored form of a picture's or a clip's codes (data/encode.p
 
 @dataclasses.dataclass(frozen=True)
 class Part:
-    modality: str  # "text" | "image" | "audio"; after the encode pass "image_codes" | "audio_codes"
-    payload: str | bytes  # the text; the image file's bytes; 16 kHz int16 PCM; codes as CODES
+    # "text" | "image" | "audio" | "video" | "video_frames"; after the encode pass "image_codes" |
+    # "audio_codes" | "video_codes"
+    modality: str
+    # the text; the image or video file's bytes; 16 kHz int16 PCM; a frames folder's files' bytes (a
+    # list); codes as CODES (a list of them, a frame each, for a video)
+    payload: str | bytes | list
     role: str = ""  # a conversation's speaker; "" elsewhere
 
 
@@ -88,14 +100,15 @@ def kind_of(line: dict) -> str:
     """Which kind of record a parsed line is, from its keys; BadRecord if none or several fit."""
     keys = set(line) - {"split"}
     for kind, allowed in _KEYS.items():
-        if keys and keys <= allowed and (kind not in ("caption", "audio") or keys == allowed):
+        if keys and keys <= allowed and (kind not in ("caption", "audio", "video") or keys == allowed):
             return kind
     known = sorted(set().union(*_KEYS.values()))
     raise BadRecord(f"keys {sorted(keys)} make no kind of record: a line holds image+caption, audio+transcript, "
-                    f"text, parts or messages (known keys: {known}, and split)")
+                    f"video+caption, text, parts or messages (known keys: {known}, and split)")
 
 
-def check_line(text: str, base: Path, max_audio_seconds: float = 30.0) -> tuple[Record, str | None]:
+def check_line(text: str, base: Path, max_audio_seconds: float = 30.0,
+               max_video_seconds: float = MAX_VIDEO_SECONDS) -> tuple[Record, str | None]:
     """(record, pinned split or None) for one manifest line; its files are read and checked."""
     try:
         line = json.loads(text)
@@ -107,9 +120,11 @@ def check_line(text: str, base: Path, max_audio_seconds: float = 30.0) -> tuple[
     if split is not None and split not in SPLITS:
         raise BadRecord(f"split must be one of {SPLITS}, got {split!r}")
     kind = kind_of(line)
-    files = _Files(base, max_audio_seconds)
+    files = _Files(base, max_audio_seconds, max_video_seconds)
     if kind == "caption":
         parts = [files.image(line["image"], "image"), _text(line["caption"], "caption")]
+    elif kind == "video":
+        parts = [files.video(line["video"], "video"), _text(line["caption"], "caption")]
     elif kind == "audio":
         parts = [files.audio(line["audio"], "audio"), _text(line["transcript"], "transcript")]
     elif kind == "text":
@@ -139,13 +154,14 @@ def _text(value, where: str) -> Part:
 
 def _document(parts, files: "_Files") -> list[Part]:
     if not isinstance(parts, list) or not parts:
-        raise BadRecord("parts must be a non-empty list of {\"text\": ...}, {\"image\": path} or {\"audio\": path}")
+        raise BadRecord("parts must be a non-empty list of {\"text\": ...}, {\"image\": path}, {\"audio\": path} "
+                        "or {\"video\": path}")
     out = []
     for i, part in enumerate(parts):
         where = f"parts[{i}]"
-        if not isinstance(part, dict) or len(part) != 1 or next(iter(part)) not in ("text", "image", "audio"):
-            raise BadRecord(f"{where} must be one of {{\"text\": ...}}, {{\"image\": path}}, {{\"audio\": path}}; "
-                            f"got {json.dumps(part)[:80]}")
+        if not isinstance(part, dict) or len(part) != 1 or next(iter(part)) not in ("text", "image", "audio", "video"):
+            raise BadRecord(f"{where} must be one of {{\"text\": ...}}, {{\"image\": path}}, {{\"audio\": path}}, "
+                            f"{{\"video\": path}}; got {json.dumps(part)[:80]}")
         (modality, value), = part.items()
         out.append(_text(value, where) if modality == "text" else getattr(files, modality)(value, where))
     return out
@@ -189,7 +205,15 @@ def _content_part(part, where: str, files: "_Files") -> Part:
         if audio.get("format") != "wav" or not isinstance(audio.get("data"), str):
             raise BadRecord(f"{where}.input_audio needs a path, or base64 data with format 'wav'")
         return files.audio_bytes(_base64(audio["data"], f"{where}.input_audio.data"), f"{where}.input_audio.data")
-    raise BadRecord(f"{where}: a part's type must be text, image_url or input_audio, got {kind!r}")
+    if kind == "video_url":
+        url = (part.get("video_url") or {}).get("url")
+        if not isinstance(url, str):
+            raise BadRecord(f"{where}.video_url.url must be a file path, a frames folder or a data: URL")
+        if url.startswith("data:"):
+            header, _, data = url.partition(",")
+            return files.video_bytes(_base64(data, f"{where}.video_url.url"), f"{where}.video_url.url")
+        return files.video(url, f"{where}.video_url.url")
+    raise BadRecord(f"{where}: a part's type must be text, image_url, input_audio or video_url, got {kind!r}")
 
 
 def _base64(data: str, where: str) -> bytes:
@@ -205,6 +229,7 @@ class _Files:
 
     base: Path
     max_audio_seconds: float
+    max_video_seconds: float = MAX_VIDEO_SECONDS
 
     def read(self, path, where: str) -> bytes:
         if not isinstance(path, str) or not path:
@@ -239,31 +264,66 @@ class _Files:
         return Part("audio", np.round(np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes())
 
 
+    def video(self, path, where: str) -> Part:
+        """A video file, or a folder of frames (its image files in name order)."""
+        if isinstance(path, str) and path and (self.base / path).is_dir():
+            frames = sorted(p for p in (self.base / path).iterdir() if p.is_file() and not p.name.startswith("."))
+            if not frames:
+                raise BadRecord(f"{where}: the frames folder {path!r} holds no files")
+            data = [self.read(str(p), f"{where} {path!r}") for p in frames]
+            try:
+                for frame in data:
+                    media.check_image(frame)
+                media.prepare_video(data, 8, max_frames=len(data), max_seconds=float("inf"))
+            except ValueError as error:
+                raise BadRecord(f"{where} {path!r}: {error}") from None
+            return Part("video_frames", data)
+        return self.video_bytes(self.read(path, where), f"{where} {path!r}")
+
+    def video_bytes(self, data: bytes, where: str) -> Part:
+        try:  # every frame decodes, within the length limit: a corrupt file fails here, not mid-training
+            media.prepare_video(data, 8, fps=1000.0, max_frames=10**6, max_seconds=self.max_video_seconds)
+        except ValueError as error:
+            raise BadRecord(f"{where}: {error}") from None
+        return Part("video", data)
+
+
 def waveform(part: Part, sample_rate: int = AUDIO_RATE) -> np.ndarray:
     """A stored audio part as float32 samples at `sample_rate`."""
     pcm = np.frombuffer(part.payload, "<i2")
     return media.prepare_audio(pcm.astype(np.int16), AUDIO_RATE, max_seconds=float("inf"), target_rate=sample_rate)
 
 
-def segments_of(record: Record, image_size: int, sample_rate: int = AUDIO_RATE) -> tuple[str, list[Segment]]:
-    """(kind, segments) of a stored record, pictures at `image_size` (data/media.py's rule) and
-    sound at `sample_rate`, or their codes once encoded: what the templates (data/templates.py) take.
+def segments_of(record: Record, image_size: int, sample_rate: int = AUDIO_RATE,
+                video: VideoConfig = VideoConfig()) -> tuple[str, list[Segment]]:
+    """(kind, segments) of a stored record, pictures at `image_size` (data/media.py's rule), sound
+    at `sample_rate` and videos sampled as `video` says, or their codes once encoded: what the
+    templates (data/templates.py) take.
     A conversation goes through the conversation template (data/conversation.py), which marks the
     loss: the assistant's turns train."""
-    segments = [_segment(part, image_size, sample_rate) for part in record.parts]
+    segments = [_segment(part, image_size, sample_rate, video) for part in record.parts]
     if record.kind == "conversation":
         return record.kind, conversation.segments(conversation.by_role(
             (part.role, segment) for part, segment in zip(record.parts, segments)))
     return record.kind, segments
 
 
-def _segment(part: Part, image_size: int, sample_rate: int) -> Segment:
+def _segment(part: Part, image_size: int, sample_rate: int, video: VideoConfig) -> Segment:
     if part.modality == "text":
         return Text(part.payload)
     if part.modality == "image":
         return Image(pixels=media.prepare_image(part.payload, image_size))
     if part.modality == "audio":
         return Audio(waveform=waveform(part, sample_rate))
+    if part.modality in ("video", "video_frames"):
+        return Video(frames=video_frames(part, image_size, video))
     if part.modality == "image_codes":
         return Image(codes=np.frombuffer(part.payload, CODES))
+    if part.modality == "video_codes":
+        return Video(codes=np.stack([np.frombuffer(frame, CODES) for frame in part.payload]))
     return Audio(codes=np.frombuffer(part.payload, CODES))
+
+
+def video_frames(part: Part, image_size: int, video: VideoConfig) -> np.ndarray:
+    """A stored video part's frames, sampled at `video.fps`, at most `video.max_frames` of them."""
+    return media.prepare_video(part.payload, image_size, video.fps, video.max_frames, max_seconds=float("inf"))

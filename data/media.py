@@ -9,6 +9,7 @@ Every failure is a ValueError naming what is wrong and the numbers involved.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import wave
 from collections.abc import Sequence
@@ -144,18 +145,21 @@ def _ffmpeg_reason(error: Exception) -> str:
     return f"{type(error).__name__}: {getattr(error, 'strerror', None) or error}"
 
 
-def _decoded_frames(container, stream, data: bytes, max_pixels: int):
+def _decoded_frames(container, stream, data: bytes, max_pixels: int, max_decoded: int):
     """Decoded video frames, one at a time, as (start s, duration s or None, frame); refuses a frame
-    over `max_pixels` (the size can change mid-stream) and wraps FFmpeg's errors in ours."""
+    over `max_pixels` (the size can change mid-stream) or a frame past the `max_decoded`-th (many
+    frames squeezed into a short time), and wraps FFmpeg's errors in ours."""
     next_start = 0.0
     frames = container.decode(stream)
-    while True:
+    for decoded in itertools.count(1):
         try:
             frame = next(frames)
         except StopIteration:
             return
         except av.FFmpegError as error:
             raise _video_error(data, f"corrupt video data ({_ffmpeg_reason(error)})") from error
+        if decoded > max_decoded:
+            raise ValueError(f"video holds more than {max_decoded} frames before its samples are taken")
         if frame.width * frame.height > max_pixels:
             raise ValueError(f"video frame of {frame.width}x{frame.height} pixels is over the {max_pixels} pixel limit")
         time_base = frame.time_base or stream.time_base
@@ -177,7 +181,8 @@ def _frame_pixels(frame) -> np.ndarray:
     return pixels
 
 
-def _sample_encoded_video(data: bytes, fps: float, max_frames: int, max_seconds: float, max_pixels: int) -> list:
+def _sample_encoded_video(data: bytes, fps: float, max_frames: int, max_seconds: float, max_pixels: int,
+                          max_decoded: int) -> list:
     """Encoded bytes -> the sampled frames as arrays, refusing what the header already shows is too
     long or too large before any pixel is decoded."""
     try:
@@ -202,7 +207,8 @@ def _sample_encoded_video(data: bytes, fps: float, max_frames: int, max_seconds:
         if width * height > max_pixels:
             raise ValueError(f"video frame of {width}x{height} pixels is over the {max_pixels} pixel limit")
         stream.codec_context.options = {"max_pixels": str(max_pixels)}  # FFmpeg's own check, before allocating
-        frames = _sample_in_time(_decoded_frames(container, stream, data, max_pixels), fps, max_frames, max_seconds)
+        frames = _sample_in_time(_decoded_frames(container, stream, data, max_pixels, max_decoded), fps, max_frames,
+                                 max_seconds)
         pixels: dict[int, np.ndarray] = {}  # a frame sampled twice is converted once
         for frame in frames:
             if id(frame) not in pixels:
@@ -227,7 +233,7 @@ def _image_size(image) -> tuple[int, int]:
 
 
 def prepare_video(video, size: int = 32, fps: float = 2.0, max_frames: int = 4, max_seconds: float = 10.0,
-                  max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+                  max_pixels: int = MAX_IMAGE_PIXELS, max_decoded: int = 10_000) -> np.ndarray:
     """Anything video-like -> uint8 [F, size, size, 3] RGB, 1 <= F <= max_frames, each frame
     prepared as `prepare_image` prepares a picture (centred square, bicubic, alpha over white).
 
@@ -247,11 +253,12 @@ def prepare_video(video, size: int = 32, fps: float = 2.0, max_frames: int = 4, 
 
     Raises ValueError, naming the problem and the numbers, on a clip over `max_seconds` (from the
     header before decoding where it tells, else once a frame starts past it), a frame over
-    `max_pixels`, undecodable bytes, or no frames at all.
+    `max_pixels`, more than `max_decoded` frames decoded before the samples are taken, undecodable
+    bytes, or no frames at all.
     """
     _check_video_args(size, fps, max_frames, max_seconds)
     if isinstance(video, (bytes, bytearray, memoryview)):
-        frames = _sample_encoded_video(bytes(video), float(fps), int(max_frames), max_seconds, max_pixels)
+        frames = _sample_encoded_video(bytes(video), float(fps), int(max_frames), max_seconds, max_pixels, max_decoded)
     else:
         if isinstance(video, np.ndarray):
             if video.ndim != 4 or video.shape[-1] not in (3, 4):

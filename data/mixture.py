@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 
 from configs.base import Config, DataConfig
 from configs.sources import SourceSpec
+from configs.tokenizers import VideoConfig
 from data.encode import encode_prepared, encoded_folder, is_current
 from data.manifest import AUDIO_RATE, Record, segments_of
 from data.prepare import prepare
@@ -50,13 +51,14 @@ class Mixture:
 
 
 class PreparedReader:
-    """A prepared record's bytes -> (kind, segments), pictures at the image tokenizer's size."""
+    """A prepared record's bytes -> (kind, segments), pictures at the image tokenizer's size, videos
+    sampled as `tokenizers.video` says."""
 
-    def __init__(self, image_size: int, sample_rate: int = AUDIO_RATE):
-        self.image_size, self.sample_rate = image_size, sample_rate
+    def __init__(self, image_size: int, sample_rate: int = AUDIO_RATE, video: VideoConfig = VideoConfig()):
+        self.image_size, self.sample_rate, self.video = image_size, sample_rate, video
 
     def __call__(self, data: bytes):
-        return segments_of(Record.from_bytes(data), self.image_size, self.sample_rate)
+        return segments_of(Record.from_bytes(data), self.image_size, self.sample_rate, self.video)
 
 
 def prepared_folder(spec: SourceSpec, workdir: Path) -> Path:
@@ -105,7 +107,8 @@ def encode_sources(cfg: Config, workdir: Path, vocab: Vocabulary, log=print) -> 
             continue
         prepared, out = prepared_folder(spec, workdir), encoded_folder(workdir, spec.name)
         if not is_current(out, workdir, prepared):
-            encode_prepared(prepared, out, vocab, cfg.tokenizers.audio.sample_rate, workdir, log=log)
+            encode_prepared(prepared, out, vocab, cfg.tokenizers.audio.sample_rate, workdir, log=log,
+                            video=cfg.tokenizers.video, image_size=cfg.tokenizers.image.image_size)
 
 
 def open_prepared(folder: Path, split: str, name: str):
@@ -175,7 +178,8 @@ def open_mixture(cfg: Config, workdir: Path, split: str = "train", world: dict |
             folder = prepared_folder(spec, workdir)
             if not raw and is_current(encoded_folder(workdir, spec.name), workdir, folder):
                 folder = encoded_folder(workdir, spec.name)
-            reader = PreparedReader(cfg.tokenizers.image.image_size, cfg.tokenizers.audio.sample_rate)
+            reader = PreparedReader(cfg.tokenizers.image.image_size, cfg.tokenizers.audio.sample_rate,
+                                    cfg.tokenizers.video)
             source = open_prepared(folder, split, spec.name)
             where = folder
         else:

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data import world
-from data.segments import AUDIO, IMAGE, TEXT, VIDEO, Audio, Image, Segment, Text, Video
+from data.segments import IMAGE, TEXT, VIDEO, Audio, Image, Segment, Text, Video
 
 # Pixels and PCM as raw bytes, not one proto int per value: 4x faster to build, 2x to read. (ArrayRecord
 # already compresses, so zlib on top gains nothing.)

@@ -48,6 +48,12 @@ class ChipReport:
     peak_flops: float
     hbm_bytes_per_s: float
     pallas_kernels: int = 0  # Pallas (Mosaic) kernel calls in the compiled program: splash attention's
+    row_tokens: int = 0  # the longest sequence the program holds: a training row, or a decode slot's cache
+    clip_tokens: int = 0  # one clip at the preset's frame budget (tokenizers.video)
+
+    @property
+    def holds_a_clip(self) -> bool:
+        return self.clip_tokens <= self.row_tokens
 
     @property
     def total_bytes(self) -> int:
@@ -91,6 +97,7 @@ class ChipReport:
             "flops_per_chip": {"xla": self.xla_flops, "analytic": self.analytic_flops},
             "step_lower_bound_s": round(self.step_lower_bound_s, 6), "mfu_ceiling": round(self.mfu_ceiling, 3),
             "pallas_kernels": self.pallas_kernels,
+            "row_tokens": self.row_tokens, "clip_tokens": self.clip_tokens, "holds_a_clip": self.holds_a_clip,
         }
 
     def table(self) -> str:
@@ -106,6 +113,8 @@ class ChipReport:
             f"  step time >= {self.step_lower_bound_s * 1e3:.2f} ms at {self.peak_flops / 1e12:.0f} TFLOP/s and "
             f"{self.hbm_bytes_per_s / 1e12:.2f} TB/s; MFU ceiling {self.mfu_ceiling:.1%}",
             f"  Pallas TPU kernel calls in the program: {self.pallas_kernels}",
+            f"  a row of {self.row_tokens} tokens {'holds' if self.holds_a_clip else 'does NOT hold'} a clip of "
+            f"{self.clip_tokens} tokens (tokenizers.video)",
         ]
         return "\n".join(lines)
 
@@ -167,8 +176,15 @@ def compile_only(compile_program: Callable[[Config, Topology], ChipReport], cfg:
     except (ValueError, RuntimeError) as error:  # a bad name, libtpu missing, a mesh that does not cover it, DoesNotFit
         print(f"{cfg.name}: {error}", file=sys.stderr)
         return 1
+    row = cfg.data.seq_len if report.program == "train step" else cfg.serve.max_cache_len
+    report = dataclasses.replace(report, row_tokens=row,
+                                 clip_tokens=cfg.tokenizers.video.tokens(cfg.tokenizers.image.tokens_per_image))
     print(report.table())
     print(json.dumps(report.as_json()))
+    if not report.holds_a_clip:
+        print(f"{cfg.name} {report.program}: a clip of {report.clip_tokens} tokens (tokenizers.video.max_frames="
+              f"{cfg.tokenizers.video.max_frames}) does not fit its {row}-token rows", file=sys.stderr)
+        return 1
     if not report.fits_with_margin:
         print(f"{cfg.name} {report.program} leaves {report.spare:.0%} of HBM free on {report.topology}, under the "
               f"{SPARE_WANTED:.0%} wanted", file=sys.stderr)

@@ -1,7 +1,9 @@
 """Request bodies -> token ids and sampling parameters for the engine.
 
 A chat's parts become segments, in order: text as Text, `image_url` parts as Image (the image
-tokenizer's codes between <boi> <eoi>), `input_audio` parts as Audio (<boa> ... <eoa>). For an
+tokenizer's codes between <boi> <eoi>), `input_audio` parts as Audio (<boa> ... <eoa>), `video_url`
+parts (a GIF, MP4 or WebM data URL) as Video (its frames at `tokenizers.video.fps`, each an image
+run, between <bov> <eov>). For an
 instruction-tuned model (the run has an SFT checkpoint) the messages become the conversation
 template's turns (data/conversation.py: system, user and model turns, the assistant's messages as
 history), the prompt opens the model's turn, and the reply stops at <end_of_turn>. A pre-trained
@@ -19,9 +21,9 @@ import dataclasses
 import numpy as np
 
 from data import conversation
-from data.segments import Audio, Image, Segment, Text
+from data.segments import Audio, Image, Segment, Text, Video
 from serving.engine import SamplingParams
-from serving.media import BadInput, audio_waveform, check_image, image_bytes
+from serving.media import BadInput, audio_waveform, check_image, image_bytes, video_bytes, video_frames
 from serving.schemas import ChatRequest, CompletionRequest, Sampling
 
 
@@ -97,6 +99,12 @@ def _segment(server, where: str, part) -> Segment:
     if part.type == "image_url":
         data = image_bytes(part.image_url.url, f"{where}.image_url.url", server.fetch_policy, server.max_body_bytes)
         return Image(codes=_image_codes(server, data, f"{where}.image_url"))
+    if part.type == "video_url":
+        limits, tokenizers = server.cfg.serve, server.cfg.tokenizers
+        data = video_bytes(part.video_url.url, f"{where}.video_url.url", limits.max_video_bytes)
+        frames = video_frames(data, f"{where}.video_url", tokenizers.image.image_size, tokenizers.video.fps,
+                              tokenizers.video.max_frames, limits.max_video_seconds, limits.max_video_frames)
+        return Video(codes=np.stack(server.vocab.image.encode_batch(list(frames))))
     audio = server.cfg.tokenizers.audio
     wave = audio_waveform(part.input_audio.data, part.input_audio.format, f"{where}.input_audio",
                           audio.sample_rate, audio.max_seconds, server.cfg.serve.max_audio_sample_rate)
@@ -128,10 +136,13 @@ def _check_fits(server, parts: list) -> None:
     _check_chars(sum(map(len, texts)), "messages", server.cfg.serve.max_prompt_chars)
     images = sum(not isinstance(part, str) and part.type == "image_url" for _, part in parts)
     clips = sum(not isinstance(part, str) and part.type == "input_audio" for _, part in parts)
-    least = 1 + images * (server.vocab.image.length + 2) + clips * 3  # <bos>, then each picture and clip
+    videos = sum(not isinstance(part, str) and part.type == "video_url" for _, part in parts)
+    # <bos>, then each picture, clip, and video (one frame at least)
+    least = 1 + images * (server.vocab.image.length + 2) + clips * 3 + videos * (server.vocab.image.length + 4)
     cache_len = server.cfg.serve.max_cache_len
     if least >= cache_len:
-        raise BadInput(f"messages: {images} picture(s) and {clips} clip(s) take at least {least} tokens; the limit "
+        raise BadInput(f"messages: {images} picture(s), {clips} clip(s) and {videos} video(s) take at least {least} "
+                       f"tokens; the limit "
                        f"is {cache_len - 1} (serve.max_cache_len={cache_len}, less one token to generate)",
                        "messages", "context_length_exceeded")
 

@@ -88,7 +88,18 @@ class AudioPart(Strict):
     input_audio: InputAudio
 
 
-ContentPart = Annotated[Union[TextPart, ImagePart, AudioPart], Field(discriminator="type")]
+class VideoURL(Strict):
+    url: Text
+
+
+class VideoPart(Strict):
+    """vLLM's name for a clip: a data URL of a GIF, an MP4 or a WebM."""
+
+    type: Literal["video_url"]
+    video_url: VideoURL
+
+
+ContentPart = Annotated[Union[TextPart, ImagePart, AudioPart, VideoPart], Field(discriminator="type")]
 
 
 class Message(Strict):
@@ -112,7 +123,7 @@ class ChatRequest(Sampling):
 _UNION_FORMS = {
     "prompt": "a string, a list of strings, a list of token ids or a list of token-id lists",
     "stop": "a string or a list of at most 4 strings",
-    "content": "a string or a list of content parts (text, image_url, input_audio)",
+    "content": "a string or a list of content parts (text, image_url, input_audio, video_url)",
 }
 
 

@@ -153,8 +153,8 @@ def test_a_huge_prompt_does_not_stall_the_other_routes(live):
 
 def test_an_unsupported_content_part_names_its_type_and_the_accepted_ones(live):
     body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "look"},
-                                                      {"type": "video_url", "video_url": {"url": "data:x"}}]}]}
-    error = expect_400(live, CHAT, body, "'video_url' is not supported", "'image_url'", "'input_audio'")
+                                                      {"type": "file", "file": {"file_id": "x"}}]}]}
+    error = expect_400(live, CHAT, body, "'file' is not supported", "'image_url'", "'input_audio'", "'video_url'")
     assert error["param"] == "messages[0].content[1].type"
 
 

@@ -15,10 +15,12 @@ from PIL import Image as PILImage
 from configs import get_config
 from configs.base import DataConfig
 from data.manifest import AUDIO_RATE, BadRecord, Record, check_line, split_of
-from data.mixture import open_mixture, open_prepared
+from data.encode import encoded_folder
+from data.mixture import encode_sources, open_mixture, open_prepared
 from data.pipeline import PipelineStats, held_out_batches, packed_batches
 from data.prepare import prepare
-from data.segments import Audio, Image, Symbol, Text
+from data.media import encode_gif, encode_video
+from data.segments import Audio, Image, Symbol, Text, Video
 from data.world_builder import build_world
 
 
@@ -117,6 +119,55 @@ def test_prepared_records_flow_through_the_pipeline_and_pack(tmp_path, vocab):
     assert rows and all(b["inputs"].shape == (2, 256) for b in rows) and text_bytes > 0
 
 
+def clip_frames(count: int = 6) -> np.ndarray:
+    """A square that moves right, a frame at a time, on grey."""
+    frames = np.full((count, 32, 32, 3), 200, np.uint8)
+    for i in range(count):
+        frames[i, 10:20, 4 * i : 4 * i + 10] = (220, 40, 40)
+    return frames
+
+
+def test_video_lines_prepare_sample_at_the_configured_rate_and_encode_to_a_frames_codes(tmp_path, vocab):
+    """A video line (GIF), a frames folder in a document and an MP4 data URL in a conversation
+    read back as Video segments of `tokenizers.video.max_frames` frames at its fps; the encode pass
+    stores each frame's codes, and the pipeline makes the same rows from them."""
+    frames = clip_frames()
+    (tmp_path / "media" / "frames").mkdir(parents=True)
+    (tmp_path / "media" / "clip.gif").write_bytes(encode_gif(frames, fps=2.0))
+    for i, frame in enumerate(frames):
+        PILImage.fromarray(frame).save(tmp_path / "media" / "frames" / f"{i:03d}.png")
+    mp4 = base64.b64encode(encode_video(frames, fps=2.0)).decode()
+    lines = [{"video": "media/clip.gif", "caption": "a red square moves right", "split": "train"},
+             {"parts": [{"text": "Frames:"}, {"video": "media/frames"}, {"text": "the end"}], "split": "train"},
+             {"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": f"data:video/mp4;base64,{mp4}"}},
+                                                        {"type": "text", "text": "What happens?"}]},
+                           {"role": "assistant", "content": "it moves right"}], "split": "train"}]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = prepare(tmp_path / "data.jsonl", tmp_path / "prepared", workers=1, log=lambda m: None)
+    assert report["kinds"]["train"] == {"video": 1, "document": 1, "conversation": 1}
+    cfg = manifest_config(f"manifest:{tmp_path / 'prepared'}")
+    cfg = dataclasses.replace(cfg, tokenizers=dataclasses.replace(
+        cfg.tokenizers, video=dataclasses.replace(cfg.tokenizers.video, fps=1.0, max_frames=3)))
+    raw = open_mixture(cfg, tmp_path / "run", "train")
+    read = dict(raw.readers["prepared"](raw.sources["prepared"][i]) for i in range(3))
+    videos = [read["video"][0], read["document"][1], next(s for s in read["conversation"] if isinstance(s, Video))]
+    # 3 s at 2 fps, sampled at 1 fps: frames 0, 2 and 4; a folder's files are frames at that 1 fps: 0, 1, 2
+    for video, kept in zip(videos, ([0, 2, 4], [0, 1, 2], [0, 2, 4])):
+        assert isinstance(video, Video) and video.frames.shape == (3, 32, 32, 3)
+        assert np.abs(video.frames.astype(int) - frames[kept]).mean() < 4
+    assert read["video"][1].text == "a red square moves right"
+
+    encode_sources(cfg, tmp_path / "run", vocab, log=lambda m: None)
+    encoded = open_mixture(cfg, tmp_path / "run", "train")
+    assert json.loads((encoded_folder(tmp_path / "run", "prepared") / "prepared.json").read_text())["videos"] == 3
+    coded = encoded.readers["prepared"](encoded.sources["prepared"][0])[1][0]
+    assert coded.frames is None and coded.codes.shape == (3, 64)
+    assert all(np.array_equal(c, vocab.image.encode(f)) for c, f in zip(coded.codes, read["video"][0].frames))
+    rows = [next(iter(packed_batches(m.sources, vocab, cfg.data, 0, 1, PipelineStats(), m.weights, m.readers)))
+            for m in (raw, encoded)]
+    assert all(np.array_equal(rows[0][k], rows[1][k]) for k in rows[0])
+
+
 def test_a_bad_line_is_named_and_nothing_is_written(tmp_path):
     manifest = every_kind(tmp_path)
     with open(manifest, "a") as out:
@@ -135,7 +186,12 @@ def test_a_bad_line_is_named_and_nothing_is_written(tmp_path):
     ({"image": "media/broken.png", "caption": "x"}, "not a decodable image|could not decode"),
     ({"audio": "media/broken.wav", "transcript": "x"}, "expected a WAV file"),
     ({"audio": "media/tone.wav", "transcript": "x", "split": "test"}, "split must be one of"),
-    ({"parts": [{"video": "a.mp4"}]}, r"parts\[0\] must be one of"),
+    ({"parts": [{"sound": "a.wav"}]}, r"parts\[0\] must be one of"),
+    ({"parts": [{"video": "a.mp4"}]}, r"parts\[0\]: no such file 'a.mp4'"),
+    ({"video": "media/broken.mp4", "caption": "x"}, r"video 'media/broken.mp4': could not decode video bytes"),
+    ({"video": "media/long.gif", "caption": "x"}, r"video is too long: 70.00 s .* > max_seconds=60"),
+    ({"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA"}}]},
+                   {"role": "assistant", "content": "?"}]}, r"messages\[0\].content\[0\].video_url.url: could not decode"),
     ({"messages": [{"role": "user", "content": "hi"}]}, "needs at least one assistant message"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x.png"}}]},
                    {"role": "assistant", "content": "?"}]}, r"messages\[0\].content\[0\].image_url.url: no such file"),
@@ -144,6 +200,9 @@ def test_each_kind_of_bad_line_gets_its_own_error(tmp_path, line, message):
     every_kind(tmp_path)
     (tmp_path / "media" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (tmp_path / "media" / "broken.wav").write_bytes(b"RIFF....WAVEfmt nonsense")
+    (tmp_path / "media" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 and then nothing")
+    (tmp_path / "media" / "long.gif").write_bytes(encode_gif(np.array([[[[0]]], [[[90]]]], np.uint8).repeat(8, 1).repeat(8, 2).repeat(3, 3),
+                                                             fps=1 / 35))
     with pytest.raises(BadRecord, match=message):
         check_line(json.dumps(line), tmp_path)
 
@@ -181,7 +240,7 @@ def test_a_mixture_of_the_world_and_a_manifest_draws_by_weight(tmp_path, vocab):
     world = build_world(str(tmp_path / "world"), seed=1, train=60, validation=6, compositional=3).as_data_source()
     cfg = manifest_config("world:1", f"manifest:{tmp_path / 'prepared'}:3")
     train = open_mixture(cfg, tmp_path / "run", "train", world)
-    assert set(train.sources) == {"world/caption", "world/audio", "world/document", "prepared"}
+    assert set(train.sources) == {"world/caption", "world/audio", "world/document", "world/video", "prepared"}
     assert sum(w for s, w in train.weights.items() if s.startswith("world/")) == pytest.approx(1.0)
     stats = PipelineStats()
     batches = iter(packed_batches(train.sources, vocab, dataclasses.replace(cfg.data, global_batch_size=2), 0, 1,

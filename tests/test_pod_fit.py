@@ -50,6 +50,7 @@ def check_report(report: dict, preset: str, chips: int) -> None:
     assert report["preset"] == preset and report["chips"] == chips
     assert memory["arguments"] > 0 and memory["total"] >= memory["arguments"] + memory["temporaries"]
     assert memory["total"] < memory["capacity"] and report["fits_with_margin"]
+    assert report["holds_a_clip"] and 0 < report["clip_tokens"] <= report["row_tokens"]
     assert 0 < report["mfu_ceiling"] <= 1
     # XLA counts the whole program (norms, softmax, the optimizer, recomputation): at least the model's
     # matmul arithmetic, not far above it.
@@ -131,3 +132,6 @@ def test_every_preset_has_a_plan_covering_its_slice(preset, program, topology):
     cfg = get_config(preset, topology, program)
     mesh = cfg.mesh.resolve(parse_topology(topology).chips)  # the plan's mesh covers the slice exactly
     assert mesh["data"] * mesh["fsdp"] * mesh["tensor"] * mesh["dcn_data"] == parse_topology(topology).chips
+    # A row (training) or a slot's cache (serving) holds a clip at the preset's frame budget.
+    row = cfg.data.seq_len if program == "train" else cfg.serve.max_cache_len
+    assert cfg.tokenizers.video.tokens(cfg.tokenizers.image.tokens_per_image) <= row

@@ -275,3 +275,12 @@ def test_bad_arguments_are_refused():
         encode_video(_clip(), 2.0, "avi")
     with pytest.raises(ValueError, match=r"uint8 \[frames >= 1, H, W, 3\]"):
         encode_video(_clip().astype(np.float32), 2.0)
+
+
+def test_a_clip_with_more_frames_than_max_decoded_before_its_samples_is_refused():
+    """Frames squeezed into a short time cost decoding however few samples they give."""
+    frames = (np.arange(30, dtype=np.uint8)[:, None, None, None] * 8 + np.zeros((1, 32, 32, 3), np.uint8))
+    gif = encode_gif(frames, fps=50.0)  # 30 frames in 0.6 s
+    assert prepare_video(gif, fps=2.0, max_frames=4, max_decoded=30).shape[0] == 2
+    with pytest.raises(ValueError, match="more than 10 frames"):
+        prepare_video(gif, fps=2.0, max_frames=4, max_decoded=10)
