@@ -182,11 +182,11 @@ def _frame_pixels(frame) -> np.ndarray:
 
 
 def _sample_encoded_video(data: bytes, fps: float, max_frames: int, max_seconds: float, max_pixels: int,
-                          max_decoded: int) -> list:
+                          max_decoded: int, container_format: str | None) -> list:
     """Encoded bytes -> the sampled frames as arrays, refusing what the header already shows is too
     long or too large before any pixel is decoded."""
     try:
-        container = av.open(io.BytesIO(data), mode="r")
+        container = av.open(io.BytesIO(data), mode="r", format=container_format)
     except Exception as error:  # PyAV raises many types for bad data; callers get one
         raise _video_error(data, f"not in any format FFmpeg reads, or cut short ({_ffmpeg_reason(error)})") from error
     with container:
@@ -233,7 +233,8 @@ def _image_size(image) -> tuple[int, int]:
 
 
 def prepare_video(video, size: int = 32, fps: float = 2.0, max_frames: int = 4, max_seconds: float = 10.0,
-                  max_pixels: int = MAX_IMAGE_PIXELS, max_decoded: int = 10_000) -> np.ndarray:
+                  max_pixels: int = MAX_IMAGE_PIXELS, max_decoded: int = 10_000,
+                  container_format: str | None = None) -> np.ndarray:
     """Anything video-like -> uint8 [F, size, size, 3] RGB, 1 <= F <= max_frames, each frame
     prepared as `prepare_image` prepares a picture (centred square, bicubic, alpha over white).
 
@@ -254,11 +255,14 @@ def prepare_video(video, size: int = 32, fps: float = 2.0, max_frames: int = 4, 
     Raises ValueError, naming the problem and the numbers, on a clip over `max_seconds` (from the
     header before decoding where it tells, else once a frame starts past it), a frame over
     `max_pixels`, more than `max_decoded` frames decoded before the samples are taken, undecodable
-    bytes, or no frames at all.
+    bytes, or no frames at all. `container_format` (FFmpeg's demuxer name: "gif", "mp4", "webm")
+    reads the bytes as that container only, rather than as whatever FFmpeg's probe guesses: what a
+    server taking clips from anyone wants.
     """
     _check_video_args(size, fps, max_frames, max_seconds)
     if isinstance(video, (bytes, bytearray, memoryview)):
-        frames = _sample_encoded_video(bytes(video), float(fps), int(max_frames), max_seconds, max_pixels, max_decoded)
+        frames = _sample_encoded_video(bytes(video), float(fps), int(max_frames), max_seconds, max_pixels, max_decoded,
+                                       container_format)
     else:
         if isinstance(video, np.ndarray):
             if video.ndim != 4 or video.shape[-1] not in (3, 4):

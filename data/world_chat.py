@@ -1,8 +1,8 @@
-"""The world's conversations: multi-turn chats about its pictures and sounds, for instruction tuning.
+"""The world's conversations: multi-turn chats about its pictures, sounds and clips, for instruction tuning.
 
 Conversation `index` of `split` under `seed` is rendered from its own random stream, so any worker
 makes any one and nothing is stored; held-out splits are fresh renderings, and the compositional
-split keeps its held-out (shape, colour) pairs, as the world's examples do. Four kinds take turns:
+split keeps its held-out (shape, colour) pairs, as the world's examples do. Five kinds take turns:
 
     picture     a picture to describe (its caption), then two or three questions about it:
                 its colour, shape, size or place
@@ -10,7 +10,9 @@ split keeps its held-out (shape, colour) pairs, as the world's examples do. Four
     drawing     a request to draw (answered with a picture), then "now draw it in the <place>"
                 (the same shape, colour and size moved: a turn that refers back to an earlier one)
     two         two pictures described in turn, then a question about the first one
-    (system)    any of the three that ask questions may open with a system message asking for
+    video       a video clip to describe (its caption), then what happened: where the shape ended
+                up, what colour it turned, or what appeared
+    (system)    any of the four that ask questions may open with a system message asking for
                 whole sentences: "It is red." instead of "red"
 
 The first turns use the pre-training tasks' prompts, so instruction tuning builds on them.
@@ -25,14 +27,14 @@ import numpy as np
 
 from data import conversation, world
 from data.conversation import Turn
-from data.segments import Audio, Image, Text
-from data.templates import CAPTION_PROMPT, DRAW_PROMPT, TRANSCRIBE_PROMPT
+from data.segments import Audio, Image, Text, Video
+from data.templates import CAPTION_PROMPT, DRAW_PROMPT, TRANSCRIBE_PROMPT, VIDEO_PROMPT
 
-KINDS = ("picture", "clip", "drawing", "two")
+KINDS = ("picture", "clip", "drawing", "two", "video")
 # Training meets drawings less often than the rest: one trains two pictures' codes (130 tokens), as
 # many as a dozen follow-up answers of a few words each.
-SPLIT_KINDS = {"train": ("picture", "clip", "two", "clip", "drawing", "picture"), "validation": KINDS,
-               "compositional": ("picture", "drawing", "two")}
+SPLIT_KINDS = {"train": ("picture", "clip", "two", "clip", "drawing", "picture", "video"), "validation": KINDS,
+               "compositional": ("picture", "drawing", "two", "video")}
 SENTENCES = "Answer in whole sentences."
 NUMBERS = {2: "two", 3: "three", 4: "four"}
 QUESTIONS = {"colour": "What colour is it?", "shape": "What shape is it?", "size": "How big is it?",
@@ -45,7 +47,7 @@ class Answer:
     (colour, place) the world's detector must find."""
 
     turn: int  # its index in the conversation's turns
-    kind: str  # "caption", "transcript", "follow-up" or "drawing"
+    kind: str  # "caption", "transcript", "follow-up", "drawing", "video-caption" or "video-follow-up"
     text: str | None = None
     drawn: tuple[str, str] | None = None
 
@@ -59,6 +61,18 @@ def _follow_up(attribute: str, attributes: tuple[str, str, str, str], sentences:
     shape, colour, size, position = attributes
     value = {"colour": colour, "shape": shape, "size": size, "place": position}[attribute]
     return QUESTIONS[attribute], (_sentence(attribute, value) if sentences else value)
+
+
+def _what_happened(caption: str, sentences: bool) -> tuple[str, str]:
+    """A question about a clip's event, and its answer: where the shape ended up (moves), what
+    colour it turned (turns), what appeared (appears)."""
+    event, shapes, change = world.parse_clip_caption(caption)
+    if event == "moves":
+        return "Where did it end up?", f"It ended in the {change[1]}." if sentences else change[1]
+    if event == "turns":
+        return "What colour did it turn?", f"It turned {change[1]}." if sentences else change[1]
+    size, colour, shape = shapes[0]
+    return "What appeared?", f"A {size} {colour} {shape} appeared." if sentences else f"a {size} {colour} {shape}"
 
 
 def sample_conversation(rng: np.random.Generator, kind: str, split: str) -> tuple[list[Turn], list[Answer]]:
@@ -113,6 +127,13 @@ def sample_conversation(rng: np.random.Generator, kind: str, split: str) -> tupl
         moved = str(rng.choice([p for p in world.POSITIONS if p != position]))
         user(Text(f"Now draw it in the {moved}."))
         model("drawing", Image(pixels=world.render_image(rng, shape, colour, size, moved)), drawn=(colour, moved))
+    elif kind == "video":
+        frames, words = world.sample_clip(rng, split)
+        user(Text(VIDEO_PROMPT), Video(frames=frames))
+        model("video-caption", Text(words), text=words)
+        question, reply = _what_happened(words, sentences)
+        user(Text(question))
+        model("video-follow-up", Text(reply), text=reply)
     else:
         raise ValueError(f"unknown conversation kind {kind!r}; expected one of {KINDS}")
     return turns, answers

@@ -3,10 +3,11 @@
     python serve.py --workdir runs/tiny &          # after `python train.py --config tiny`
     python examples/ask_the_world.py [--url http://127.0.0.1:8000] [--pictures 10]
 
-Renders fresh validation pictures and a DTMF clip with the world's own code (data/world.py), sends
-them as chat content parts (a PNG data URL, a base64 WAV), and checks the replies: captions by exact
-match, the transcript likewise, and a requested drawing (`modalities: ["image"]`) by the world's
-colour-and-quadrant detector. Prints one JSON object.
+Renders fresh validation pictures, a DTMF clip and video clips with the world's own code
+(data/world.py), sends them as chat content parts (a PNG data URL, a base64 WAV, a GIF data URL),
+and checks the replies: captions by exact match, the transcript and the clips' captions likewise,
+and a requested drawing (`modalities: ["image"]`) by the world's colour-and-quadrant detector.
+Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from data import world
+from data.media import encode_gif
 
 
 def chat(url: str, content, **fields) -> dict:
@@ -49,6 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--pictures", type=int, default=10)
+    parser.add_argument("--videos", type=int, default=10)
     parser.add_argument("--seed", type=int, default=12345)
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
@@ -61,6 +64,14 @@ def main() -> None:
                                 {"type": "image_url", "image_url": {"url": png_url(pixels)}}],
                      temperature=0, max_tokens=20)
         captions.append({"said": reply["content"].strip(), "truth": world.caption(*attributes)})
+
+    videos = []
+    for _ in range(args.videos):
+        frames, words = world.sample_clip(rng, "validation")
+        gif = "data:image/gif;base64," + base64.b64encode(encode_gif(frames, world.CLIP_FPS)).decode()
+        reply = chat(args.url, [{"type": "text", "text": "Describe the clip:"},
+                                {"type": "video_url", "video_url": {"url": gif}}], temperature=0, max_tokens=24)
+        videos.append({"said": reply["content"].strip(), "truth": words})
 
     symbols = world.sample_symbols(rng)
     reply = chat(args.url, [{"type": "text", "text": "Transcribe the tones:"},
@@ -78,7 +89,9 @@ def main() -> None:
 
     print(json.dumps({
         "captions_right": sum(c["said"] == c["truth"] for c in captions), "pictures": len(captions),
-        "captions": captions[:3], "transcript": transcript, "transcript_right": transcript["said"] == transcript["truth"],
+        "captions": captions[:3],
+        "video_captions_right": sum(v["said"] == v["truth"] for v in videos), "videos": len(videos),
+        "video_captions": videos[:3], "transcript": transcript, "transcript_right": transcript["said"] == transcript["truth"],
         "drawing": drawing, "drawing_right": drawing["seen"] == [attributes[1], attributes[3]],
     }, indent=1))
 

@@ -6,8 +6,8 @@
 
 Takes the first `--conversations` held-out conversations the SFT evaluation scores
 (data/world_chat.py, split "validation") and holds each with the server turn by turn, as a chat
-client does: the pictures as PNG data URLs, the clips as base64 WAV, the system message when
-there is one. Each turn's request carries the conversation so far, with the earlier model turns as
+client does: the pictures as PNG data URLs, the sound clips as base64 WAV, the video clips as GIF
+data URLs (`video_url` parts), the system message when there is one. Each turn's request carries the conversation so far, with the earlier model turns as
 they were meant to go (as the evaluation asks them), so the server's greedy text answers are the
 evaluation's answers. Text turns are compared with the references (exact match). A drawing turn
 is asked with `modalities: ["image"]` (the reply is held to one picture's codes, where the
@@ -30,7 +30,8 @@ from PIL import Image as PILImage
 
 from data import world
 from data.conversation import Turn
-from data.segments import Audio, Image, Text
+from data.media import encode_gif
+from data.segments import Audio, Image, Text, Video
 from data.world_chat import make_conversation
 
 ROLES = {"system": "system", "user": "user", "model": "assistant"}
@@ -56,6 +57,9 @@ def content(turn: Turn) -> str | list[dict]:
                 w.writeframes((np.clip(part.waveform, -1, 1) * 32767).astype(np.int16).tobytes())
             parts.append({"type": "input_audio",
                           "input_audio": {"data": base64.b64encode(buffer.getvalue()).decode(), "format": "wav"}})
+        elif isinstance(part, Video):  # the clip's frames, at the rate the world renders them
+            url = "data:image/gif;base64," + base64.b64encode(encode_gif(part.frames, world.CLIP_FPS)).decode()
+            parts.append({"type": "video_url", "video_url": {"url": url}})
     return parts
 
 

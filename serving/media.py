@@ -32,7 +32,7 @@ from data import media
 
 _DATA_URL = re.compile(r"data:(?P<mime>[\w/+.-]+)?(?P<params>(;[\w=.-]+)*?);base64,(?P<data>.*)", re.DOTALL)
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg")
-VIDEO_TYPES = ("image/gif", "video/mp4", "video/webm")
+VIDEO_TYPES = {"image/gif": "gif", "video/mp4": "mp4", "video/webm": "webm"}  # -> FFmpeg's demuxer
 
 
 class BadInput(ValueError):
@@ -196,27 +196,29 @@ def audio_waveform(data: str, audio_format: str, param: str, sample_rate: int, m
         raise BadInput(f"{param}: {error}", param) from None
 
 
-def video_bytes(url: str, param: str, max_bytes: int) -> bytes:
-    """The encoded video a `video_url` part's data URL holds, refused when over `max_bytes` (before
-    any frame is decoded)."""
+def video_bytes(url: str, param: str, max_bytes: int) -> tuple[bytes, str]:
+    """(the encoded video a `video_url` part's data URL holds, its container), refused when over
+    `max_bytes` (before any frame is decoded)."""
     match = _DATA_URL.fullmatch(url.strip()) if url.startswith("data:") else None
     if not match:
         raise BadInput(f"{param}: send the video as a data URL, data:video/mp4;base64,<data> (or video/webm, "
                        f"image/gif); remote videos are not fetched", param)
     if (match["mime"] or "").lower() not in VIDEO_TYPES:
-        raise BadInput(f"{param}: unsupported video type {match['mime']!r}; send one of {VIDEO_TYPES}", param)
+        raise BadInput(f"{param}: unsupported video type {match['mime']!r}; send one of {tuple(VIDEO_TYPES)}", param)
     data = _b64(match["data"], param)  # the body's own limit bounds this
     if len(data) > max_bytes:
         raise BadInput(f"{param}: {len(data)} bytes of video is over the limit of {max_bytes} (serve.max_video_bytes)",
                        param, "video_too_large")
-    return data
+    return data, VIDEO_TYPES[match["mime"].lower()]
 
 
-def video_frames(data: bytes, param: str, size: int, fps: float, max_frames: int, max_seconds: float,
-                 max_decoded: int) -> np.ndarray:
-    """uint8 [F, size, size, 3]: the clip sampled at `fps`, at most `max_frames` (data/media.py)."""
+def video_frames(data: bytes, container: str, param: str, size: int, fps: float, max_frames: int,
+                 max_seconds: float, max_decoded: int) -> np.ndarray:
+    """uint8 [F, size, size, 3]: the clip, read as `container` only, sampled at `fps`, at most
+    `max_frames` (data/media.py)."""
     try:
-        return media.prepare_video(data, size, fps, max_frames, max_seconds=max_seconds, max_decoded=max_decoded)
+        return media.prepare_video(data, size, fps, max_frames, max_seconds=max_seconds, max_decoded=max_decoded,
+                                   container_format=container)
     except ValueError as error:
         limit = (" (serve.max_video_seconds)" if "too long" in str(error) else
                  " (serve.max_video_frames)" if "frames before" in str(error) else "")

@@ -101,8 +101,8 @@ def _segment(server, where: str, part) -> Segment:
         return Image(codes=_image_codes(server, data, f"{where}.image_url"))
     if part.type == "video_url":
         limits, tokenizers = server.cfg.serve, server.cfg.tokenizers
-        data = video_bytes(part.video_url.url, f"{where}.video_url.url", limits.max_video_bytes)
-        frames = video_frames(data, f"{where}.video_url", tokenizers.image.image_size, tokenizers.video.fps,
+        data, container = video_bytes(part.video_url.url, f"{where}.video_url.url", limits.max_video_bytes)
+        frames = video_frames(data, container, f"{where}.video_url", tokenizers.image.image_size, tokenizers.video.fps,
                               tokenizers.video.max_frames, limits.max_video_seconds, limits.max_video_frames)
         return Video(codes=np.stack(server.vocab.image.encode_batch(list(frames))))
     audio = server.cfg.tokenizers.audio

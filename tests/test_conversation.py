@@ -8,16 +8,16 @@ from configs import get_config
 from data import conversation, world
 from data.conversation import END_OF_TURN, START_OF_TURN, Turn
 from data.mixture import open_mixture
-from data.segments import Audio, Image, Symbol, Text
+from data.segments import Audio, Image, Symbol, Text, Video
 from data.world_builder import build_world
 from data.world_chat import KINDS, make_conversation
 from training.evaluate import answer_segments, conversation_tasks, is_right
 
 
 def test_a_conversation_with_every_part_kind_becomes_the_templates_ids_and_only_the_models_turns_train(vocab):
-    picture, clip = np.arange(64) % 999, np.array([5, 6, 7])
+    picture, clip, frames = np.arange(64) % 999, np.array([5, 6, 7]), np.arange(128).reshape(2, 64) * 3 % 999
     turns = [Turn("system", (Text("Answer briefly."),)),
-             Turn("user", (Text("Describe the picture:"), Image(codes=picture), Audio(codes=clip))),
+             Turn("user", (Text("Describe the picture:"), Image(codes=picture), Audio(codes=clip), Video(codes=frames))),
              Turn("model", (Text("a small red circle"),)),
              Turn("user", (Text("Draw it."),)),
              Turn("model", (Image(codes=picture),))]
@@ -26,10 +26,12 @@ def test_a_conversation_with_every_part_kind_becomes_the_templates_ids_and_only_
     text = lambda words: vocab.text.encode(words)  # noqa: E731
     image = [vocab.ids["<boi>"], *(picture + vocab.image_offset), vocab.ids["<eoi>"]]
     audio = [vocab.ids["<boa>"], *(clip + vocab.audio_offset), vocab.ids["<eoa>"]]
+    video = [vocab.ids["<bov>"], *[i for frame in frames for i in (vocab.ids["<boi>"], *(frame + vocab.image_offset),
+                                                                    vocab.ids["<eoi>"])], vocab.ids["<eov>"]]
     expected = [
         ([vocab.ids["<bos>"]], False),
         ([sot, *text("system"), *text("Answer briefly."), eot], False),
-        ([sot, *text("user"), *text("Describe the picture:"), *image, *audio, eot], False),
+        ([sot, *text("user"), *text("Describe the picture:"), *image, *audio, *video, eot], False),
         ([sot, *text("model")], False), ([*text("a small red circle"), eot], True),
         ([sot, *text("user"), *text("Draw it."), eot], False),
         ([sot, *text("model")], False), ([*image, eot], True),
@@ -80,6 +82,10 @@ def test_world_conversations_are_deterministic_and_each_model_turn_has_its_answe
         colours = {world.detect_picture(p.pixels)[0] for p in pictures}
         if split == "compositional":  # only the held-out pairs: a shape never seen in that colour
             assert colours <= {colour for _, colour in world.HELD_OUT_COMBINATIONS}
+        clips = [p for t in turns for p in t.parts if isinstance(p, Video)]
+        for answer in answers:
+            if answer.kind == "video-caption":
+                assert len(clips) == 1 and world.parse_clip_caption(answer.text) is not None
     assert len(seen) > 1  # follow-ups of different lengths
 
 
@@ -89,8 +95,9 @@ def test_the_world_conversations_cover_every_kind_and_a_system_message_changes_t
         turns, answers = make_conversation(0, "train", index)
         said = {answer.kind for answer in answers}
         kinds.add("drawing" if "drawing" in said else "clip" if "transcript" in said else
+                  "video" if "video-caption" in said else
                   "two" if sum(answer.kind == "caption" for answer in answers) == 2 else "picture")
-        follow = [a.text for a in answers if a.kind == "follow-up"]
+        follow = [a.text for a in answers if a.kind in ("follow-up", "video-follow-up")]
         if follow:
             forms.setdefault(turns[0].role == "system", set()).add(follow[-1].endswith("."))
     assert kinds == set(KINDS)
@@ -99,7 +106,8 @@ def test_the_world_conversations_cover_every_kind_and_a_system_message_changes_t
 
 def test_held_out_conversations_are_scored_turn_by_turn_on_the_conversation_so_far(vocab):
     tasks = {task.name: task for task in conversation_tasks(0, vocab, 8)}
-    assert set(tasks) == {"chat/caption", "chat/transcript", "chat/follow_up", "chat/drawing"}
+    assert set(tasks) == {"chat/caption", "chat/transcript", "chat/follow_up", "chat/drawing", "chat/video_caption",
+                          "chat/video_follow_up"}
     turns, expected = make_conversation(0, "validation", 0)  # a picture, then questions about it
     follow_ups = [answer for answer in expected if answer.kind == "follow-up"]
     asked = vocab.encode(conversation.segments(turns[: follow_ups[0].turn], reply=True), bos=True, eos=False).ids

@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from configs import get_config
 from configs.tokenizers import ImageTokenizerConfig
-from tokenization.image import ImageTokenizer
+from data import world
+from data.segments import Video
+from data.vocab import Vocabulary
+from tokenization.image import ImageCodec, ImageTokenizer
+from tokenization.text import train_text_tokenizer
 from training.fit_image_tokenizer import evaluate, train_image_tokenizer
+from training.tokenizer_stage import world_images
 
 
 def rectangles(rng: np.random.Generator, n: int, size: int = 32) -> np.ndarray:
@@ -23,6 +29,11 @@ def rectangles(rng: np.random.Generator, n: int, size: int = 32) -> np.ndarray:
         height, width = rng.integers(6, 16, 2)
         image[top : top + height, left : left + width] = rng.integers(0, 256, 3)
     return images
+
+
+@pytest.fixture(scope="module")
+def tiny_text_vocab():
+    return train_text_tokenizer(world.world_texts(0, 200), 1024)
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +92,23 @@ def test_a_few_seconds_of_training_gain_at_least_6_db_over_initialisation():
     assert metrics["steps"] == 150 and np.isfinite(metrics["final_loss"])
     assert after["psnr_db"] >= before["psnr_db"] + 6.0, (before, after)
     assert after["codes_used_fraction"] > 0.1, after  # did not collapse onto a handful of codes
+
+
+@pytest.mark.slow  # trains
+def test_a_clip_round_trips_through_the_tokenizer_frame_by_frame_as_well_as_pictures_do(tiny_text_vocab):
+    """A world clip encodes as one image run per frame between <bov> <eov> and decodes back to
+    its frames; each frame's PSNR is about a picture's (the tokenizer trains on both)."""
+    cfg = dataclasses.replace(ImageTokenizerConfig.tiny(), steps=300)
+    model, _ = train_image_tokenizer(cfg, world_images, seed=0)
+    vocab = Vocabulary(tiny_text_vocab, get_config("tiny").model, image=ImageCodec(model))
+    rng = np.random.default_rng(7)
+    pictures = world_images(rng, 64, "validation")[:48]  # the first 48 are pictures, the rest clip frames
+    picture_db = evaluate(model, pictures)["psnr_db"]
+    for _ in range(6):
+        frames, words = world.sample_clip(rng, "validation")
+        (decoded,) = vocab.decode(vocab.encode([Video(frames=frames)], bos=False, eos=False).ids)
+        assert isinstance(decoded, Video) and decoded.codes.shape == (world.FRAMES, 64)
+        assert decoded.frames.shape == frames.shape and decoded.frames.dtype == np.uint8
+        for original, back in zip(frames, decoded.frames):
+            mse = np.mean((original / 255.0 - back / 255.0) ** 2)
+            assert 10 * np.log10(1 / mse) > picture_db - 3.0, (words, picture_db)

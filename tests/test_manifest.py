@@ -22,6 +22,7 @@ from data.prepare import prepare
 from data.media import encode_gif, encode_video
 from data.segments import Audio, Image, Symbol, Text, Video
 from data.world_builder import build_world
+from training.evaluate import source_tasks
 
 
 def write_png(path: Path, width: int, height: int, seed: int) -> None:
@@ -156,6 +157,8 @@ def test_video_lines_prepare_sample_at_the_configured_rate_and_encode_to_a_frame
         assert isinstance(video, Video) and video.frames.shape == (3, 32, 32, 3)
         assert np.abs(video.frames.astype(int) - frames[kept]).mean() < 4
     assert read["video"][1].text == "a red square moves right"
+    (task,) = [t for t in source_tasks(raw, vocab, 5) if t.name == "prepared/video_caption"]  # evaluated as such
+    assert task.references == ["a red square moves right"] and vocab.ids["<bov>"] in task.prompts[0]
 
     encode_sources(cfg, tmp_path / "run", vocab, log=lambda m: None)
     encoded = open_mixture(cfg, tmp_path / "run", "train")

@@ -190,10 +190,10 @@ def test_an_extended_vocabulary_keeps_the_checkpoints_ids_and_its_text_logits(hf
     sentence = "a small red circle in the top left tones 3 A"
     assert text.encode(sentence) == original.encode(sentence)
     assert (text.ids["<bos>"], text.ids["<eos>"]) == (original.bos_id(), original.eos_id())  # Llama's <s>, </s>
-    assert sorted(text.ids.values())[-7:] == list(range(VOCAB, VOCAB + 7))  # <pad> and our 6 symbols, after its ids
+    assert sorted(text.ids.values())[-9:] == list(range(VOCAB, VOCAB + 9))  # <pad> and our 8 symbols, after its ids
     run = small_model_config(image_vocab_size=30, audio_vocab_size=20, image_code_levels=(5, 6), audio_code_levels=(4, 5))
     cfg = imported_config(folder, run, text.size, modalities=True)
-    assert (cfg.text_vocab_size, cfg.image_vocab_size, cfg.audio_vocab_size, cfg.vocab_size) == (VOCAB + 7, 30, 20, 384)
+    assert (cfg.text_vocab_size, cfg.image_vocab_size, cfg.audio_vocab_size, cfg.vocab_size) == (VOCAB + 9, 30, 20, 384)
     graphdef, params = import_model(folder, cfg, make_mesh(MeshConfig(data=1, fsdp=1, tensor=1)))
     plain_graphdef, plain = import_on_one_device(folder, float32_config(folder))
     extended, before = our_logits(graphdef, params), our_logits(plain_graphdef, plain)
@@ -212,7 +212,7 @@ def test_a_llama_3_tokenizer_json_is_extended_keeping_its_ids_and_text_never_enc
     assert text.encode(sentence) == theirs.encode(sentence, add_special_tokens=False)
     assert text.decode(text.encode(sentence)) == sentence
     assert (text.ids["<bos>"], text.ids["<eos>"]) == (VOCAB - 2, VOCAB - 1)
-    assert sorted(text.ids.values())[-7:] == list(range(VOCAB, VOCAB + 7))  # <pad> and our 6 symbols, after its ids
+    assert sorted(text.ids.values())[-9:] == list(range(VOCAB, VOCAB + 9))  # <pad> and our 8 symbols, after its ids
     assert VOCAB - 1 not in text.encode("typed <|end_of_text|>") and text.ids["<boi>"] not in text.encode("<boi>")
 
 

@@ -82,6 +82,7 @@ def test_bad_video_parts_are_400s_naming_the_part(live, video_server, monkeypatc
     cases = [
         (data_url(b"\x00\x00\x00\x18ftypmp42 broken", "video/mp4"), [where, "could not decode video bytes"]),
         (data_url(gif, "video/x-msvideo"), [where, "unsupported video type", "video/mp4"]),
+        (data_url(gif, "video/mp4"), [where, "could not decode video bytes"]),  # read as its type says, nothing else
         ("https://example.com/clip.mp4", [where, "data URL", "remote videos are not fetched"]),
         (data_url(long_gif, "image/gif"), [where, "too long", "serve.max_video_seconds"]),
     ]

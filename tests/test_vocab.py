@@ -106,3 +106,25 @@ def test_a_video_is_its_frames_image_runs_inside_bov_eov(vocab):
         vocab.encode([Video(codes=np.full((2, 64), 1000))])
     with pytest.raises(ValueError, match="no image tokenizer"):
         vocab.encode([Video(frames=np.zeros((2, 32, 32, 3), np.uint8))])
+
+
+def test_a_clip_inside_a_world_document_is_trained_whole(vocab):
+    """An interleaved document trains every token, a clip's frames included; in video captioning
+    only the caption (and its <eos>) trains."""
+    from data import templates, world  # noqa: PLC0415 -- only this test renders the world
+
+    rng = np.random.default_rng(0)
+    document = next(s for s in (world.sample_example(rng, "document", "train") for _ in range(40))
+                    if any(isinstance(part, Video) for part in s))
+    coded = [Video(codes=np.zeros((len(p.frames), 64), int)) if isinstance(p, Video) else
+             Image(codes=np.zeros(64, int)) if isinstance(p, Image) else
+             Audio(codes=np.zeros(25, int)) if isinstance(p, Audio) else p for p in document]
+    encoded = vocab.encode(templates.document(coded))
+    ids = encoded.ids.tolist()
+    assert ids.count(vocab.ids["<bov>"]) == 1 and ids.count(vocab.ids["<eov>"]) == 1
+    assert encoded.loss_mask[1:].all()
+    _, clip = world.make_example(0, "train", 3)
+    task, segments = templates.apply("video", [Video(codes=np.zeros((4, 64), int)), clip[1]], rng)
+    encoded = vocab.encode(segments)
+    eov = encoded.ids.tolist().index(vocab.ids["<eov>"])
+    assert task == "video_captioning" and not encoded.loss_mask[: eov + 1].any() and encoded.loss_mask[eov + 1 :].all()

@@ -3,9 +3,10 @@
     eval/<source>/loss/<modality>        mean next-token loss on the source's validation records,
                                          per modality of the trained tokens (HeldOutLoss)
     eval/<source>/text_bits_per_byte     the text's loss in bits per UTF-8 byte of the text
-    eval/<source>/caption_accuracy       for a source of captioned pictures or transcribed clips:
-    eval/<source>/caption_word_error_rate   the answer exact, and its word error rate
+    eval/<source>/caption_accuracy       for a source of captioned pictures, transcribed clips or
+    eval/<source>/caption_word_error_rate   captioned videos: the answer exact, and its word error rate
     eval/<source>/transcription_...
+    eval/<source>/video_caption_...
     eval/caption_accuracy                validation pictures -> their caption, exact match
     eval/transcription_accuracy          validation DTMF clips -> "tones 1 2 3", exact match
     eval/drawing_accuracy                validation captions -> sampled image tokens -> pixels
@@ -18,7 +19,8 @@
                                          (these when the world is in the mixture)
     eval/chat/<kind>_accuracy            SFT: the model's turns of held-out world conversations, each
                                          asked with the conversation so far: caption, transcript,
-                                         follow_up (turns 2 and 3), drawing (the detector, as above)
+                                         follow_up (turns 2 and 3), drawing (the detector, as above),
+                                         video_caption, video_follow_up (what happened in the clip)
 
 Prompts are the training templates with the answer left off, so the model is asked exactly what
 it was taught to answer; the answer is whatever it generates up to its <eos>. The answers come
@@ -101,23 +103,22 @@ def world_tasks(splits: dict, vocab: Vocabulary, examples: int) -> list[Task]:
 
 
 def source_tasks(mixture: Mixture, vocab: Vocabulary, examples: int) -> list[Task]:
-    """Captioning and transcription tasks from every source but the world whose held-out records
-    are captioned pictures or transcribed clips: its first `examples` of each, scored by exact
-    match and word error rate."""
+    """Captioning, transcription and video captioning tasks from every source but the world whose
+    held-out records are captioned pictures, transcribed clips or captioned videos: its first
+    `examples` of each, scored by exact match and word error rate."""
     tasks = []
     for stream, source in mixture.sources.items():
         name = mixture.source_of[stream]
         if name == "world":
             continue
-        pairs = {"caption": [], "transcription": []}
+        pairs = {"caption": [], "transcription": [], "video_caption": []}
         for index in range(min(len(source), 20 * examples)):  # a text-only source is not read to its end
             kind, segments = mixture.readers[stream](source[index])
-            if kind == "caption" and len(pairs["caption"]) < examples:
-                image, words = segments
-                pairs["caption"].append((templates.captioning(image, words.text)[:-1], words.text))
-            elif kind == "audio" and len(pairs["transcription"]) < examples:
-                audio, words = segments
-                pairs["transcription"].append((templates.transcription(audio, words.text)[:-1], words.text))
+            task, template = {"caption": ("caption", templates.captioning), "audio": ("transcription", templates.transcription),
+                              "video": ("video_caption", templates.video_captioning)}.get(kind, (None, None))
+            if task and len(pairs[task]) < examples:
+                signal, words = segments
+                pairs[task].append((template(signal, words.text)[:-1], words.text))
             if all(len(found) == examples for found in pairs.values()):
                 break
         tasks += [_text_task(f"{name}/{task}", found, vocab, word_error_rate=True) for task, found in pairs.items() if found]
@@ -128,8 +129,10 @@ def conversation_tasks(seed: int, vocab: Vocabulary, examples: int) -> list[Task
     """The model's turns of the first `examples` held-out world conversations (data/world_chat.py),
     each asked with the conversation so far (the earlier turns as they were meant to go) and
     scored on its own, by what it is: the first picture's caption, the clip's transcript, a
-    follow-up question (turns 2 and 3, the answer's form set by any system message), a drawing."""
-    found: dict[str, list] = {"caption": [], "transcript": [], "follow-up": [], "drawing": []}
+    follow-up question (turns 2 and 3, the answer's form set by any system message), a drawing, a
+    video clip's caption and what happened in it."""
+    found: dict[str, list] = {"caption": [], "transcript": [], "follow-up": [], "drawing": [], "video-caption": [],
+                              "video-follow-up": []}
     for index in range(examples):
         turns, expected = make_conversation(seed, "validation", index)
         for answer in expected:
