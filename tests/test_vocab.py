@@ -8,6 +8,7 @@ import pytest
 import sentencepiece as spm
 
 from configs import get_config
+from data import templates, world
 from tokenization.text import CONTROL, TextTokenizer, train_text_tokenizer
 from data.vocab import AUDIO, IMAGE, TEXT, Audio, Image, Text, Video, Vocabulary
 
@@ -111,8 +112,6 @@ def test_a_video_is_its_frames_image_runs_inside_bov_eov(vocab):
 def test_a_clip_inside_a_world_document_is_trained_whole(vocab):
     """An interleaved document trains every token, a clip's frames included; in video captioning
     only the caption (and its <eos>) trains."""
-    from data import templates, world  # noqa: PLC0415 -- only this test renders the world
-
     rng = np.random.default_rng(0)
     document = next(s for s in (world.sample_example(rng, "document", "train") for _ in range(40))
                     if any(isinstance(part, Video) for part in s))
