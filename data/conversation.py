@@ -6,8 +6,8 @@
           ...
           <start_of_turn> model                                 a prompt ends here: the model's turn is next
 
-A turn's parts are any mix of text, pictures and sounds (their codes between <boi> <eoi> and
-<boa> <eoa>); the role is a word of text after the turn's opening symbol, as Gemma does. The
+A turn's parts are any mix of text, pictures, sounds and videos (their codes between <boi> <eoi>,
+<boa> <eoa>, and <bov> <eov> around a frame's image run each); the role is a word of text after the turn's opening symbol, as Gemma does. The
 server renders a chat request with `reply=True` and stops the reply at <end_of_turn>; training
 renders the whole conversation, so a served prompt is exactly the training ids up to the reply.
 OpenAI's roles map onto the three: system and developer -> system, assistant -> model.
