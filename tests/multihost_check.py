@@ -35,7 +35,7 @@ def config():
 
 
 def world_splits(workdir: Path) -> dict:
-    return build_world(str(workdir / "world"), seed=2, train=60, validation=6, compositional=3).as_data_source()
+    return build_world(str(workdir / "world"), seed=2, train=60, validation=8, compositional=6).as_data_source()
 
 
 def both_shares(sources, vocab, cfg, stats=None, weights=None, readers=None):

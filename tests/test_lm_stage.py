@@ -50,7 +50,7 @@ class PreemptedAfter:
 
 def test_sigterm_saves_and_a_rerun_resumes_to_the_uninterrupted_result(tmp_path, vocab):
     cfg = small_config()
-    splits = build_world(str(tmp_path / "world"), seed=2, train=60, validation=6, compositional=3).as_data_source()
+    splits = build_world(str(tmp_path / "world"), seed=2, train=60, validation=8, compositional=6).as_data_source()
     logs = []
 
     straight = train_lm(cfg, tmp_path / "straight", vocab, splits, log=logs.append)
@@ -81,7 +81,7 @@ def test_sigterm_saves_and_a_rerun_resumes_to_the_uninterrupted_result(tmp_path,
 
 def test_serving_restores_the_trained_parameters_and_refuses_a_different_model(tmp_path, vocab):
     cfg = dataclasses.replace(small_config(), train=dataclasses.replace(small_config().train, steps=2, eval_every=100))
-    splits = build_world(str(tmp_path / "world"), seed=2, train=20, validation=6, compositional=3).as_data_source()
+    splits = build_world(str(tmp_path / "world"), seed=2, train=20, validation=8, compositional=6).as_data_source()
     train_lm(cfg, tmp_path / "run", vocab, splits, log=lambda message: None)
 
     _, params, step = restore_params(cfg, tmp_path / "run", make_mesh(cfg.mesh))

@@ -240,7 +240,7 @@ def test_a_record_round_trips_through_its_bytes(tmp_path):
 
 def test_a_mixture_of_the_world_and_a_manifest_draws_by_weight(tmp_path, vocab):
     prepare(every_kind(tmp_path, copies=4), tmp_path / "prepared", workers=1, log=lambda m: None)
-    world = build_world(str(tmp_path / "world"), seed=1, train=60, validation=6, compositional=3).as_data_source()
+    world = build_world(str(tmp_path / "world"), seed=1, train=60, validation=8, compositional=6).as_data_source()
     cfg = manifest_config("world:1", f"manifest:{tmp_path / 'prepared'}:3")
     train = open_mixture(cfg, tmp_path / "run", "train", world)
     assert set(train.sources) == {"world/caption", "world/audio", "world/document", "world/video", "prepared"}

@@ -267,7 +267,7 @@ def test_the_lm_stage_continues_multimodally_from_an_imported_checkpoint(tmp_pat
     assert (cfg.model.d_model, cfg.model.num_kv_heads, cfg.model.tie_embeddings) == (64, 2, False)  # the checkpoint's
     assert (cfg.model.image_vocab_size, cfg.model.audio_vocab_size) == (base.model.image_vocab_size, base.model.audio_vocab_size)
     vocab = Vocabulary(text_tokenizer(folder), cfg.model, image=BlockColourCodec(), audio=FrameLevelCodec())
-    splits = build_world(str(tmp_path / "world"), seed=2, train=40, validation=6, compositional=3).as_data_source()
+    splits = build_world(str(tmp_path / "world"), seed=2, train=40, validation=8, compositional=6).as_data_source()
     logs = []
     last = train_lm(cfg, tmp_path / "run", vocab, splits, log=logs.append)
     assert last["step"] == 2 and np.isfinite(last["loss"])

@@ -24,7 +24,7 @@ def sft_config(**fields):
 
 
 def test_sft_starts_from_the_lm_and_a_preempted_run_resumes_to_the_uninterrupted_result(tmp_path, vocab, monkeypatch):
-    splits = build_world(str(tmp_path / "world"), seed=2, train=60, validation=6, compositional=3).as_data_source()
+    splits = build_world(str(tmp_path / "world"), seed=2, train=60, validation=8, compositional=6).as_data_source()
     cfg, logs = sft_config(), []
     train_lm(cfg, tmp_path / "a", vocab, splits, log=logs.append)
     straight = train_lm(cfg, tmp_path / "a", vocab, splits, log=logs.append, stage="sft")

@@ -35,7 +35,7 @@ def config(**train_fields):
 
 @pytest.fixture
 def splits(tmp_path):
-    return build_world(str(tmp_path / "world"), seed=2, train=20, validation=6, compositional=3).as_data_source()
+    return build_world(str(tmp_path / "world"), seed=2, train=20, validation=8, compositional=6).as_data_source()
 
 
 def fault_at(monkeypatch, fetch: int, fault) -> None:
