@@ -30,7 +30,7 @@ from checkpoints import (checkpoint_dir, latest_stage, load_vocabulary, restore_
                          untrained_vocabulary)
 from configs.cli import parse
 from model.transformer import init_model
-from open_weights.load import describe, hf_folder, run_config, text_model
+from open_weights.load import describe, hf_folder, own_ids, run_config, text_model
 from parallel.aot import compile_on_cpu, compile_only
 from parallel.sharding import make_mesh
 from serving.api import make_app
@@ -69,6 +69,7 @@ def main() -> None:
         compile_on_cpu()
         sys.exit(compile_only(compile_decode_step, cfg, flags.topology))
     workdir = Path(flags.workdir or f"runs/{cfg.name}")
+    producible = None  # every token
     try:
         if not flags.random_init:  # a run trained from open weights has its checkpoint's architecture
             cfg = run_config(cfg, workdir)
@@ -76,7 +77,7 @@ def main() -> None:
         if flags.init_from:  # open_weights/: the checkpoint's architecture, our control symbols after its ids
             folder = hf_folder(flags.init_from)
             cfg, vocab, graphdef, params = text_model(folder, cfg, mesh)
-            stage, step = "imported", 0
+            producible, stage, step = own_ids(folder, vocab), "imported", 0
             print(f"serving the {describe(folder, cfg.model)}")
         elif flags.random_init:
             graphdef, params = init_model(cfg.model, mesh, cfg.train.seed)
@@ -91,7 +92,7 @@ def main() -> None:
         sys.exit(f"serve.py: {error}")
     fetch_policy = FetchPolicy(flags.allow_image_host, flags.allow_private_image_addresses, cfg.serve.fetch_timeout_s)
     server = make_server(cfg, vocab, graphdef, params, mesh, api_key=flags.api_key, fetch_policy=fetch_policy,
-                         tuned=None if flags.random_init else (stage, step),
+                         tuned=None if flags.random_init else (stage, step), is_token=producible,
                          model_name=folder.name if flags.init_from else cfg.name)
     del params  # the engine keeps its own copy, prepared for decoding: this one would double the memory
     uvicorn.Server(uvicorn_config(make_app(server), cfg.serve, log_level="info")).run()

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import jax
+import numpy as np
 from flax import nnx
 
 from checkpoints import abstract_params, latest_stage, saved_config
@@ -90,6 +91,13 @@ def text_model(folder: Path, cfg: Config, mesh: jax.sharding.Mesh) -> tuple[Conf
     text = text_tokenizer(folder)
     cfg = dataclasses.replace(cfg, model=imported_config(folder, cfg.model, text.size, modalities=False))
     return (cfg, Vocabulary(text, cfg.model), *import_model(folder, cfg.model, mesh, cfg.train.seed))
+
+
+def own_ids(folder: Path, vocab: Vocabulary) -> np.ndarray:
+    """bool [vocab size]: the checkpoint's own ids, what a served import may produce. The ids added
+    after them (our symbols) were never trained: their rows start near the average one, and in an
+    untrained-looking distribution one of them could win a greedy step."""
+    return vocab.is_token() & (np.arange(vocab.size) < json.loads((folder / "config.json").read_text())["vocab_size"])
 
 
 def describe(folder: Path, cfg: ModelConfig) -> str:

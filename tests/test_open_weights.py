@@ -22,6 +22,7 @@ from open_weights.architecture import UnsupportedCheckpoint, hf_config, model_co
 from open_weights.load import (
     import_model,
     imported_config,
+    own_ids,
     run_config,
     text_model,
     text_tokenizer,
@@ -242,7 +243,8 @@ def test_serve_py_serves_an_imported_llama_3_checkpoint_with_hf_generates_greedy
     cfg = dataclasses.replace(SERVE_CFG, model=dataclasses.replace(SERVE_CFG.model, compute_dtype="float32"))
     mesh = make_mesh(cfg.mesh)
     cfg, vocab, graphdef, params = text_model(folder, cfg, mesh)
-    server = make_server(cfg, vocab, graphdef, params, mesh, tuned=("imported", 0), model_name=folder.name)
+    server = make_server(cfg, vocab, graphdef, params, mesh, tuned=("imported", 0), model_name=folder.name,
+                         is_token=own_ids(folder, vocab))  # as serve.py serves an import
     prompt = "a small red circle in the"
     with serving_live(server) as live:
         status, _, reply = live.post("/v1/completions", {"prompt": prompt, "max_tokens": 8, "temperature": 0})
