@@ -10,11 +10,9 @@ split keeps its held-out (shape, colour) pairs, as the world's examples do. Five
     drawing     a request to draw (answered with a picture), then "now draw it in the <place>"
                 (the same shape, colour and size moved: a turn that refers back to an earlier one)
     two         two pictures described in turn, then a question about the first one
-    video       a video clip to describe (its caption). No follow-ups: "what colour did it turn?"
-                answered with a colour the caption does not lead with taught the model to answer
-                a picture's "what colour is it?" with another colour (follow-ups fell from 92.5%
-                to 68%; docs/performance.md)
-    (system)    any of the three that ask questions may open with a system message asking for
+    video       a video clip to describe (its caption), then what happened: where the shape ended
+                up, what colour it turned, or what appeared
+    (system)    any of the four that ask questions may open with a system message asking for
                 whole sentences: "It is red." instead of "red"
 
 The first turns use the pre-training tasks' prompts, so instruction tuning builds on them.
@@ -49,7 +47,7 @@ class Answer:
     (colour, place) the world's detector must find."""
 
     turn: int  # its index in the conversation's turns
-    kind: str  # "caption", "transcript", "follow-up", "drawing" or "video-caption"
+    kind: str  # "caption", "transcript", "follow-up", "drawing", "video-caption" or "video-follow-up"
     text: str | None = None
     drawn: tuple[str, str] | None = None
 
@@ -63,6 +61,18 @@ def _follow_up(attribute: str, attributes: tuple[str, str, str, str], sentences:
     shape, colour, size, position = attributes
     value = {"colour": colour, "shape": shape, "size": size, "place": position}[attribute]
     return QUESTIONS[attribute], (_sentence(attribute, value) if sentences else value)
+
+
+def _what_happened(caption: str, sentences: bool) -> tuple[str, str]:
+    """A question about a clip's event, and its answer: where the shape ended up (moves), what
+    colour it turned (turns), what appeared (appears)."""
+    event, shapes, change = world.parse_clip_caption(caption)
+    if event == "moves":
+        return "Where did it end up?", f"It ended in the {change[1]}." if sentences else change[1]
+    if event == "turns":
+        return "What colour did it turn?", f"It turned {change[1]}." if sentences else change[1]
+    size, colour, shape = shapes[0]
+    return "What appeared?", f"A {size} {colour} {shape} appeared." if sentences else f"a {size} {colour} {shape}"
 
 
 def sample_conversation(rng: np.random.Generator, kind: str, split: str) -> tuple[list[Turn], list[Answer]]:
@@ -121,6 +131,9 @@ def sample_conversation(rng: np.random.Generator, kind: str, split: str) -> tupl
         frames, words = world.sample_clip(rng, split)
         user(Text(VIDEO_PROMPT), Video(frames=frames))
         model("video-caption", Text(words), text=words)
+        question, reply = _what_happened(words, sentences)
+        user(Text(question))
+        model("video-follow-up", Text(reply), text=reply)
     else:
         raise ValueError(f"unknown conversation kind {kind!r}; expected one of {KINDS}")
     return turns, answers

@@ -97,7 +97,7 @@ def test_the_world_conversations_cover_every_kind_and_a_system_message_changes_t
         kinds.add("drawing" if "drawing" in said else "clip" if "transcript" in said else
                   "video" if "video-caption" in said else
                   "two" if sum(answer.kind == "caption" for answer in answers) == 2 else "picture")
-        follow = [a.text for a in answers if a.kind == "follow-up"]
+        follow = [a.text for a in answers if a.kind in ("follow-up", "video-follow-up")]
         if follow:
             forms.setdefault(turns[0].role == "system", set()).add(follow[-1].endswith("."))
     assert kinds == set(KINDS)
@@ -106,7 +106,8 @@ def test_the_world_conversations_cover_every_kind_and_a_system_message_changes_t
 
 def test_held_out_conversations_are_scored_turn_by_turn_on_the_conversation_so_far(vocab):
     tasks = {task.name: task for task in conversation_tasks(0, vocab, 8)}
-    assert set(tasks) == {"chat/caption", "chat/transcript", "chat/follow_up", "chat/drawing", "chat/video_caption"}
+    assert set(tasks) == {"chat/caption", "chat/transcript", "chat/follow_up", "chat/drawing", "chat/video_caption",
+                          "chat/video_follow_up"}
     turns, expected = make_conversation(0, "validation", 0)  # a picture, then questions about it
     follow_ups = [answer for answer in expected if answer.kind == "follow-up"]
     asked = vocab.encode(conversation.segments(turns[: follow_ups[0].turn], reply=True), bos=True, eos=False).ids

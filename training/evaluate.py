@@ -20,7 +20,7 @@
     eval/chat/<kind>_accuracy            SFT: the model's turns of held-out world conversations, each
                                          asked with the conversation so far: caption, transcript,
                                          follow_up (turns 2 and 3), drawing (the detector, as above),
-                                         video_caption
+                                         video_caption, video_follow_up (what happened in the clip)
 
 Prompts are the training templates with the answer left off, so the model is asked exactly what
 it was taught to answer; the answer is whatever it generates up to its <eos>. The answers come
@@ -130,8 +130,9 @@ def conversation_tasks(seed: int, vocab: Vocabulary, examples: int) -> list[Task
     each asked with the conversation so far (the earlier turns as they were meant to go) and
     scored on its own, by what it is: the first picture's caption, the clip's transcript, a
     follow-up question (turns 2 and 3, the answer's form set by any system message), a drawing, a
-    video clip's caption."""
-    found: dict[str, list] = {"caption": [], "transcript": [], "follow-up": [], "drawing": [], "video-caption": []}
+    video clip's caption and what happened in it."""
+    found: dict[str, list] = {"caption": [], "transcript": [], "follow-up": [], "drawing": [], "video-caption": [],
+                              "video-follow-up": []}
     for index in range(examples):
         turns, expected = make_conversation(seed, "validation", index)
         for answer in expected:
