@@ -44,7 +44,8 @@ SPLIT_KINDS = {"train": KINDS, "validation": KINDS, "compositional": ("caption",
 # A clip: FRAMES frames at CLIP_FPS (2 s), one of three events, told by its caption:
 #   moves    "a small red circle moves from the top left to the bottom right"
 #   turns    "a small red circle in the top left turns blue"
-#   appears  "a large blue square appears after a small red circle"
+#   appears  "a small red circle is joined by a large blue square" (in the order they show up: the
+#            model names the shape of the first frames before it must read a two-shape frame)
 FRAMES, CLIP_FPS = 4, 2.0
 EVENTS = ("moves", "turns", "appears")
 
@@ -169,7 +170,7 @@ def clip_caption(event: str, first: tuple[str, str, str, str], detail: tuple[str
     if event == "turns":
         return f"a {size} {colour} {shape} in the {position} turns {detail[0]}"
     if event == "appears":
-        return f"a {detail[2]} {detail[1]} {detail[0]} appears after a {size} {colour} {shape}"
+        return f"a {size} {colour} {shape} is joined by a {detail[2]} {detail[1]} {detail[0]}"
     raise ValueError(f"unknown event {event!r}; expected one of {EVENTS}")
 
 
@@ -191,8 +192,8 @@ def parse_clip_caption(text: str) -> tuple[str, tuple, tuple] | None:
         for colour in COLOURS:
             if rest == f"in the {a} turns {colour}":
                 return "turns", (first,), (a, colour)
-    second = tuple(words[7:10])
-    if words[4:7] == ["appears", "after", "a"] and len(words) == 10 and (
+    second = tuple(words[8:11])
+    if words[4:8] == ["is", "joined", "by", "a"] and len(words) == 11 and (
             second[0] in SIZES and second[1] in COLOURS and second[2] in SHAPES):
         return "appears", (first, second), ()
     return None

@@ -81,8 +81,9 @@ class World(tfds.core.GeneratorBasedBuilder):
     """Coloured shapes with captions, DTMF clips with transcripts, captioned clips of moving shapes,
     and documents mixing them."""
 
-    VERSION = tfds.core.Version("2.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release.", "2.0.0": "Clips (kind video, field video_lengths)."}
+    VERSION = tfds.core.Version("2.1.0")
+    RELEASE_NOTES = {"1.0.0": "First release.", "2.0.0": "Clips (kind video, field video_lengths).",
+                     "2.1.0": "A clip where a shape appears names the first shape first (\"... is joined by ...\")."}
     BUILDER_CONFIGS = [WorldConfig(name="default", description="24k / 1k / 1k examples, seed 0.")]
 
     @tfds.core.utils.classproperty

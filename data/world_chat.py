@@ -71,7 +71,7 @@ def _what_happened(caption: str, sentences: bool) -> tuple[str, str]:
         return "Where did it end up?", f"It ended in the {change[1]}." if sentences else change[1]
     if event == "turns":
         return "What colour did it turn?", f"It turned {change[1]}." if sentences else change[1]
-    size, colour, shape = shapes[0]
+    size, colour, shape = shapes[1]
     return "What appeared?", f"A {size} {colour} {shape} appeared." if sentences else f"a {size} {colour} {shape}"
 
 

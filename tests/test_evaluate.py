@@ -83,10 +83,10 @@ def test_clip_captions_are_scored_whole_and_by_part():
     an answer that is no clip caption is wrong in both."""
     references = ["a small red circle moves from the top left to the bottom right",
                   "a large blue square in the top right turns green",
-                  "a small cyan cross appears after a large red square"]
+                  "a large red square is joined by a small cyan cross"]
     said = ["a small red circle moves from the top left to the top right",
             "a large blue square in the top right turns green",
-            "a small cyan triangle appears after a large red square"]
+            "a large red square is joined by a small cyan triangle"]
     assert clip_part_accuracy("video_", said, references) == {"eval/video_shape_accuracy": 2 / 3,
                                                               "eval/video_motion_accuracy": 2 / 3}
     assert clip_part_accuracy("video_", ["tones 1 2", ""], references[:2]) == {"eval/video_shape_accuracy": 0.0,

@@ -63,11 +63,11 @@ def test_held_out_pairs_never_appear_in_train_or_validation_and_only_they_in_com
     for split in world.SPLITS:
         pairs = set().union(*(shape_colour_pairs(world.make_example(0, split, i)[1]) for i in range(90)))
         assert pairs and (pairs & held_out if split == "compositional" else not pairs & held_out)
-    for i in range(90):  # a clip's first shape is a held-out pair (a second one, that appears, is not)
+    for i in range(90):  # a clip's first shape is a held-out pair (a second one, that joins it, is not)
         kind, segments = world.make_example(0, "compositional", i)
         if kind == "video":
             event, shapes, _ = world.parse_clip_caption(segments[1].text)
-            size, colour, shape = shapes[-1] if event == "appears" else shapes[0]
+            size, colour, shape = shapes[0]  # the first shape, named first
             assert (shape, colour) in held_out, segments[1].text
 
 
@@ -131,7 +131,7 @@ def test_clips_show_what_their_captions_say():
         elif event == "turns":
             assert first == (shapes[0][1], change[0]) and last == (change[1], change[0]), words
         else:
-            assert first == (shapes[1][1], first[1]) and not np.array_equal(frames[0], frames[-1]), words
+            assert first == (shapes[0][1], first[1]) and not np.array_equal(frames[0], frames[-1]), words
     assert seen == set(world.EVENTS)
     assert world.parse_clip_caption("a small red circle in the top left") is None
 
