@@ -36,6 +36,6 @@ def config() -> Config:
         train=TrainConfig(steps=5000, learning_rate=2e-3, warmup_steps=50, checkpoint_every=500, eval_every=1000),
         # Instruction tuning within 6 minutes: a tenth of the world's examples replayed keeps the
         # pre-trained tasks; one eval, at the end (docs/performance.md has the settings tried).
-        sft=SFTConfig(steps=420, learning_rate=1e-3, eval_every=420),
+        sft=SFTConfig(steps=420, learning_rate=2e-3, eval_every=420),
         serve=ServeConfig(slots=8, max_cache_len=512),
     )

@@ -4,9 +4,10 @@ Conversation `index` of `split` under `seed` is rendered from its own random str
 makes any one and nothing is stored; held-out splits are fresh renderings, and the compositional
 split keeps its held-out (shape, colour) pairs, as the world's examples do. Five kinds take turns:
 
-    picture     a picture to describe (its caption), then two or three questions about it:
-                its colour, shape, size or place
-    clip        a clip to transcribe, then one or two of: how many tones, the first, the last
+    picture     a picture to describe (its caption), then two or three questions about it (three
+                or four in training): its colour, shape, size or place
+    clip        a clip to transcribe, then one or two of (two or three in training): how many
+                tones, the first, the last
     drawing     a request to draw (answered with a picture), then "now draw it in the <place>"
                 (the same shape, colour and size moved: a turn that refers back to an earlier one)
     two         two pictures described in turn, then a question about the first one
@@ -31,14 +32,20 @@ from data.segments import Audio, Image, Text, Video
 from data.templates import CAPTION_PROMPT, DRAW_PROMPT, TRANSCRIBE_PROMPT, VIDEO_PROMPT
 
 KINDS = ("picture", "clip", "drawing", "two", "video")
-# Training meets drawings less often than the rest: one trains two pictures' codes (130 tokens), as
-# many as a dozen follow-up answers of a few words each.
-SPLIT_KINDS = {"train": ("picture", "clip", "two", "clip", "drawing", "picture", "video"), "validation": KINDS,
+# Training meets drawings and clips less often than the rest: a drawing trains two pictures' codes
+# (130 tokens), as many as a dozen follow-up answers of a few words; a clip is 266 tokens of input
+# for one short caption. The short answers are what tuning must teach, so training asks more of
+# them (QUESTIONS_ASKED).
+SPLIT_KINDS = {"train": ("picture", "clip", "two", "drawing", "picture", "clip", "video", "picture", "clip"),
+               "validation": KINDS,
                "compositional": ("picture", "drawing", "two", "video")}
 SENTENCES = "Answer in whole sentences."
 NUMBERS = {2: "two", 3: "three", 4: "four"}
 QUESTIONS = {"colour": "What colour is it?", "shape": "What shape is it?", "size": "How big is it?",
              "place": "Where is it?"}
+# How many follow-ups a picture and a DTMF clip get, [low, high): training asks more than the
+# held-out conversations, whose mix stays as the evaluation has always scored it.
+QUESTIONS_ASKED = {"picture": {"train": (3, 5), "held-out": (2, 4)}, "clip": {"train": (2, 4), "held-out": (1, 3)}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +68,11 @@ def _follow_up(attribute: str, attributes: tuple[str, str, str, str], sentences:
     shape, colour, size, position = attributes
     value = {"colour": colour, "shape": shape, "size": size, "place": position}[attribute]
     return QUESTIONS[attribute], (_sentence(attribute, value) if sentences else value)
+
+
+def _asked(rng: np.random.Generator, kind: str, split: str) -> int:
+    low, high = QUESTIONS_ASKED[kind]["train" if split == "train" else "held-out"]
+    return int(rng.integers(low, high))
 
 
 def _what_happened(caption: str, sentences: bool) -> tuple[str, str]:
@@ -97,7 +109,7 @@ def sample_conversation(rng: np.random.Generator, kind: str, split: str) -> tupl
             user(Text(CAPTION_PROMPT), Image(pixels=world.render_image(rng, *attributes)))
             model("caption", Text(words), text=words)
         if kind == "picture":
-            for attribute in rng.choice(list(QUESTIONS), size=rng.integers(2, 4), replace=False):
+            for attribute in rng.choice(list(QUESTIONS), size=_asked(rng, "picture", split), replace=False):
                 question, reply = _follow_up(str(attribute), pictures[0], sentences)
                 user(Text(question))
                 model("follow-up", Text(reply), text=reply)
@@ -115,7 +127,7 @@ def sample_conversation(rng: np.random.Generator, kind: str, split: str) -> tupl
         questions = [("How many tones?", NUMBERS[len(symbols)], "There were {}."),
                      ("What was the first tone?", symbols[0], "It was {}."),
                      ("What was the last tone?", symbols[-1], "It was {}.")]
-        for asked in rng.choice(len(questions), size=rng.integers(1, 3), replace=False):
+        for asked in rng.choice(len(questions), size=_asked(rng, "clip", split), replace=False):
             question, value, sentence = questions[asked]
             reply = sentence.format(value) if sentences else value
             user(Text(question))
