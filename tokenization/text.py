@@ -109,7 +109,10 @@ def load_text_tokenizer(folder: str | Path) -> TextTokenizer | JsonTokenizer:
 
 
 def train_text_tokenizer(sentences: Iterable[str], vocab_size: int) -> TextTokenizer:
-    """BPE with byte fallback. `vocab_size` is an upper bound: a small corpus yields fewer pieces."""
+    """BPE with byte fallback and digits split, as Llama's and Gemma's tokenizers are: a digit is
+    one piece wherever it stands, so "tones 1 5" and "It was 5." share the 5 (merged with its
+    full stop it was another token, one the model had to learn to copy the tone into). `vocab_size`
+    is an upper bound: a small corpus yields fewer pieces."""
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences),
@@ -118,6 +121,7 @@ def train_text_tokenizer(sentences: Iterable[str], vocab_size: int) -> TextToken
         hard_vocab_limit=False,
         model_type="bpe",
         byte_fallback=True,
+        split_digits=True,
         pad_id=0, bos_id=1, eos_id=2, unk_id=3,
         pad_piece=PAD, bos_piece=BOS, eos_piece=EOS, unk_piece=UNK,
         control_symbols=list(CONTROL),
