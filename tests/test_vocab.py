@@ -27,6 +27,17 @@ def test_control_symbols_have_fixed_low_ids(vocab):
     assert sorted(vocab.ids[s] for s in CONTROL) == list(range(4, 4 + len(CONTROL)))
 
 
+def test_a_digit_is_one_piece_wherever_it_stands():
+    """A tone in a transcript and in a sentence answer is the same token, so a model that copies it
+    copies one id (a BPE that merged "5." made the sentence's 5 another token)."""
+    text = train_text_tokenizer(world.world_texts(0, 300), vocab_size=1024)
+    five = text.encode("5")[-1]
+    for said in ("tones 1 5 #", "It was 5.", "tones 5.", "There were 15 tones."):
+        pieces = [text.piece(i) for i in text.encode(said)]
+        assert five in text.encode(said), pieces
+        assert all(not any(c.isdigit() for c in p) or p.strip().isdigit() and len(p.strip()) == 1 for p in pieces), pieces
+
+
 def test_text_and_codes_round_trip_exactly(vocab):
     image_codes = np.arange(64) * 15 % 1000
     audio_codes = np.array([0, 999, 5, 17, 500])
