@@ -42,7 +42,7 @@ def launch(args: list[str], devices: int) -> subprocess.Popen:
 
 
 def result(process: subprocess.Popen) -> dict:
-    out, err = process.communicate(timeout=240)
+    out, err = process.communicate(timeout=900)  # a hang guard: on a loaded 2-core machine these take minutes
     assert process.returncode == 0, err[-3000:]
     return json.loads(out.strip().splitlines()[-1])  # the last line: gloo prints to stdout too
 
