@@ -125,6 +125,20 @@ def source_tasks(mixture: Mixture, vocab: Vocabulary, examples: int) -> list[Tas
     return tasks
 
 
+def held_out_tasks(held_out: Mixture, vocab: Vocabulary, examples: int, world: dict | None = None,
+                   conversations: int = 0, seed: int = 0) -> list[Task]:
+    """Every task an eval answers: each source's (source_tasks); with the world's splits, the world's
+    six (world_tasks), `examples` of each; and, for SFT, the model's turns of the first
+    `conversations` held-out world conversations (conversation_tasks), so that what tuning teaches
+    is scored beside what pre-training taught."""
+    tasks = source_tasks(held_out, vocab, examples)
+    if world is not None:
+        tasks = world_tasks(world, vocab, examples) + tasks
+        if conversations:
+            tasks = conversation_tasks(seed, vocab, conversations) + tasks
+    return tasks
+
+
 def conversation_tasks(seed: int, vocab: Vocabulary, examples: int) -> list[Task]:
     """The model's turns of the first `examples` held-out world conversations (data/world_chat.py),
     each asked with the conversation so far (the earlier turns as they were meant to go) and

@@ -46,7 +46,7 @@ from model.transformer import init_model
 from open_weights.load import describe, hf_folder, import_model
 from parallel.hardware import matmul_peak_flops
 from parallel.sharding import make_mesh
-from training.evaluate import Evaluator, HeldOutLoss, conversation_tasks, source_tasks, world_tasks
+from training.evaluate import Evaluator, HeldOutLoss, held_out_tasks
 from training.train_step import init_opt_state, make_optimizer, modality_losses, train_step
 
 
@@ -138,11 +138,9 @@ def train_lm(cfg: Config, workdir: Path, vocab: Vocabulary, world: dict | None =
     stats = PipelineStats()
     batches = iter(packed_batches(train.sources, vocab, cfg.data, stats=stats, weights=train.weights,
                                   readers=train.readers))
-    tasks = source_tasks(held_out, vocab, cfg.train.eval_examples)
-    if "world" in train.source_of.values():
-        tasks = world_tasks(world or world_splits(workdir), vocab, cfg.train.eval_examples) + tasks
-        if conversations:  # what SFT teaches, beside what pre-training taught (the cost of tuning is visible)
-            tasks = conversation_tasks(cfg.data.seed, vocab, cfg.train.eval_examples) + tasks
+    with_world = "world" in train.source_of.values()
+    tasks = held_out_tasks(held_out, vocab, cfg.train.eval_examples, (world or world_splits(workdir)) if with_world else None,
+                           cfg.train.eval_examples if conversations else 0, cfg.data.seed)
     evaluator = Evaluator(cfg.model, vocab, tasks, mesh) if tasks else None
     held_out_loss = HeldOutLoss(held_out, vocab, cfg.data, mesh, cfg.train.eval_loss_examples)
 
