@@ -19,7 +19,7 @@
                                          (these when the world is in the mixture)
     eval/chat/<kind>_accuracy            SFT: the model's turns of held-out world conversations, each
                                          asked with the conversation so far: caption, transcript,
-                                         follow_up (turns 2 and 3), drawing (the detector, as above),
+                                         follow_up (the turns after the first), drawing (the detector),
                                          video_caption, video_follow_up (what happened in the clip)
 
 Prompts are the training templates with the answer left off, so the model is asked exactly what
@@ -143,7 +143,7 @@ def conversation_tasks(seed: int, vocab: Vocabulary, examples: int) -> list[Task
     """The model's turns of the first `examples` held-out world conversations (data/world_chat.py),
     each asked with the conversation so far (the earlier turns as they were meant to go) and
     scored on its own, by what it is: the first picture's caption, the clip's transcript, a
-    follow-up question (turns 2 and 3, the answer's form set by any system message), a drawing, a
+    follow-up question (a turn after the first, the answer's form set by any system message), a drawing, a
     video clip's caption and what happened in it."""
     found: dict[str, list] = {"caption": [], "transcript": [], "follow-up": [], "drawing": [], "video-caption": [],
                               "video-follow-up": []}
