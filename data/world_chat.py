@@ -35,7 +35,7 @@ KINDS = ("picture", "clip", "drawing", "two", "video")
 # Training meets the kinds in these shares: pictures 4 of 11, DTMF clips 3, drawings 2, two
 # pictures and a video clip 1 each. Follow-up answers are a few words, so training asks more of
 # them (QUESTIONS_ASKED); a drawing trains two pictures' codes (130 tokens), but at 1 in 9 the
-# tuned model drew the colour or place wrong in a quarter of its pictures (docs/performance.md).
+# tuned model drew the colour or place wrong in 23% of its pictures (docs/performance.md).
 SPLIT_KINDS = {"train": ("picture", "clip", "two", "drawing", "picture", "clip", "video", "picture", "clip",
                          "drawing", "picture"),
                "validation": KINDS,
