@@ -1,6 +1,9 @@
-"""Load over HTTP, like vLLM's benchmark_serving: N requests at concurrency C, a fixed output length.
+"""Load over HTTP, like vLLM's benchmark_serving: N requests at concurrency C, a fixed output length;
+and a chat's second turn with the prefix cache on and off.
 
     python bench/serve.py [--requests 200] [--concurrency 32] [--prompt 128] [--new 128] [--rounds 3] [--url URL]
+                          [--prefix-cache-tokens N]
+    python bench/serve.py --second-turn [--conversations 8]
 
 Without --url it compiles the engine alone at batch C (bench/decode.py's run, in this process),
 starts `serve.py --random-init` at the bench shape (configs/bench.py) with C slots in a
@@ -13,6 +16,16 @@ chunk per token, so the client sees each token arrive. Prints JSON lines: each e
 each round's request throughput, output tokens/s, time to first token and time per output token
 (p50, p99) and its HTTP / engine-alone ratios (against the engine's decode rate and its prefill +
 decode rate); then the rounds' median ratios.
+
+`--prefix-cache-tokens` sets the server's prefix cache (serve.prefix_cache_tokens; 0: off). The
+random prompts share no prefix, so this load measures what the cache costs when it never hits.
+
+`--second-turn` starts two servers at the bench shape, one with the prefix cache and one without,
+and has each hold the same conversations, alternating: turn 1 is a picture (a PNG data URL) and
+~400 tokens of text; turn 2 re-sends turn 1 and its reply with a short question, as every chat
+client does. It prints the time to first token of turn 2 on each server (p50 over
+`--conversations`) and their ratio; the server with the cache prefills only what follows turn 1's
+cached blocks.
 
 The load generator shares the machine's cores with the server, so it does as little as it can:
 one asyncio loop (32 threads blocked in http.client took 1.3 CPU-s a round, this 0.55), which
@@ -38,20 +51,23 @@ import numpy as np
 
 from bench.decode import bench_model, engine_runs
 from configs.bench import bench_config
+from data import world
 from serving.engine import Engine
+from serving.media import png_data_url
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN_CHUNK = b'"finish_reason": null'  # in every chunk that carries a token, and in no other
 
 
-def bench_server_flags(slots: int, cache_len: int) -> list[str]:
-    """serve.py flags for the bench shape of configs/bench.py."""
+def bench_server_flags(slots: int, cache_len: int, prefix_cache_tokens: int | None = None) -> list[str]:
+    """serve.py flags for the bench shape of configs/bench.py (the prefix cache: the config's default)."""
     cfg = bench_config()
     return ["--config", "tiny", "--random-init", f"--model.text-vocab-size={cfg.text_vocab_size}",
             f"--model.d-model={cfg.d_model}", f"--model.num-layers={cfg.num_layers}",
             f"--model.num-heads={cfg.num_heads}", f"--model.num-kv-heads={cfg.num_kv_heads}",
             f"--model.head-dim={cfg.head_dim}", f"--model.mlp-dim={cfg.mlp_dim}", "--model.no-tie-embeddings",
-            f"--serve.slots={slots}", f"--serve.max-cache-len={cache_len}", f"--serve.max-tokens={cache_len}"]
+            f"--model.max-seq-len={max(cfg.max_seq_len, cache_len)}", f"--serve.slots={slots}", f"--serve.max-cache-len={cache_len}", f"--serve.max-tokens={cache_len}",
+            *([f"--serve.prefix-cache-tokens={prefix_cache_tokens}"] if prefix_cache_tokens is not None else [])]
 
 
 def engine_alone(batch: int, prompt: int, new: int):
@@ -131,8 +147,9 @@ def load(url: str, requests: int, concurrency: int, prompt: int, new: int, vocab
             "ttft_s": percentiles(ttft), "tpot_s": percentiles(tpot)}
 
 
-def start_server(port: int, slots: int, cache_len: int) -> subprocess.Popen:
-    command = [sys.executable, str(ROOT / "serve.py"), *bench_server_flags(slots, cache_len), f"--serve.port={port}"]
+def start_server(port: int, slots: int, cache_len: int, prefix_cache_tokens: int | None = None) -> subprocess.Popen:
+    command = [sys.executable, str(ROOT / "serve.py"), *bench_server_flags(slots, cache_len, prefix_cache_tokens),
+               f"--serve.port={port}"]
     # The log goes to a file: a pipe nobody reads would block the server once the access log fills it.
     log = tempfile.TemporaryFile()
     server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
@@ -154,6 +171,77 @@ def start_server(port: int, slots: int, cache_len: int) -> subprocess.Popen:
     raise RuntimeError("serve.py did not become healthy in 600 s")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def chat_turn(port: int, messages: list[dict], max_tokens: int) -> tuple[float, str, int]:
+    """Stream one chat completion: (seconds to its first token, its text, its prompt's tokens)."""
+    body = json.dumps({"messages": messages, "max_tokens": max_tokens, "temperature": 0.0, "stream": True,
+                       "stream_options": {"include_usage": True}})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    start = time.perf_counter()
+    conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    if response.status != 200:
+        raise RuntimeError(f"chat turn: {response.status} {response.read()[:300]!r}")
+    first, text, prompt_tokens = None, "", 0
+    for line in response:
+        if not line.startswith(b"data: {"):
+            continue
+        chunk = json.loads(line[len(b"data: "):])
+        if chunk.get("usage"):
+            prompt_tokens = chunk["usage"]["prompt_tokens"]
+        for choice in chunk["choices"]:
+            if "role" not in choice["delta"] and first is None:  # the first chunk carries the role, no token
+                first = time.perf_counter() - start
+            text += choice["delta"].get("content") or ""
+    conn.close()
+    return first, text, prompt_tokens
+
+
+def conversation(seed: int) -> tuple[list[dict], dict]:
+    """Turn 1 (a rendered picture and ~400 tokens of the world's text) and turn 2's question."""
+    rng = np.random.default_rng(seed)
+    attributes = world.sample_attributes(rng, "train")
+    pixels = world.render_image(rng, *attributes)
+    history = " ".join(world.caption(*world.sample_attributes(rng, "train")) + "." for _ in range(40))
+    turn1 = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": png_data_url(pixels)}},
+                                          {"type": "text", "text": "Earlier we saw: " + history + " Describe the picture."}]}]
+    return turn1, {"role": "user", "content": "What colour is it?"}
+
+
+def second_turn(conversations: int) -> None:
+    """Turn 2's time to first token with the prefix cache and without, the servers alternating."""
+    servers = {}
+    try:
+        for name, tokens in (("cache_off", 0), ("cache_on", None)):
+            port = free_port()
+            servers[name] = (port, start_server(port, 4, 1024, tokens))
+        ttft: dict[str, list[float]] = {name: [] for name in servers}
+        for index in range(-1, conversations):  # conversation -1 warms both servers up, unmeasured
+            turn1, question = conversation(index + 1)
+            for name, (port, _) in servers.items():
+                _, reply, history_tokens = chat_turn(port, turn1, 16)
+                turn2 = [*turn1, {"role": "assistant", "content": reply}, question]
+                first, _, prompt_tokens = chat_turn(port, turn2, 16)
+                if index >= 0:
+                    ttft[name].append(first)
+                    print(json.dumps({"bench": "second_turn", "server": name, "conversation": index,
+                                      "turn1_prompt_tokens": history_tokens, "turn2_prompt_tokens": prompt_tokens,
+                                      "turn2_ttft_s": round(first, 4)}), flush=True)
+    finally:
+        for _, server in servers.values():
+            server.kill()
+            server.wait()
+    p50 = {name: float(np.median(times)) for name, times in ttft.items()}
+    print(json.dumps({"bench": "second_turn_summary", "conversations": conversations,
+                      "turn2_ttft_p50_s": {name: round(t, 4) for name, t in p50.items()},
+                      "cache_off_over_cache_on": round(p50["cache_off"] / p50["cache_on"], 2)}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=200)
@@ -162,18 +250,23 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3, help="HTTP runs, each between two engine-alone runs")
     parser.add_argument("--url", default=None, help="load a running server instead of starting one")
+    parser.add_argument("--prefix-cache-tokens", type=int, default=None,
+                        help="the server's serve.prefix_cache_tokens (default: the config's; 0: off)")
+    parser.add_argument("--second-turn", action="store_true", help="a chat's second turn, prefix cache on and off")
+    parser.add_argument("--conversations", type=int, default=8, help="with --second-turn: conversations measured")
     args = parser.parse_args()
+    if args.second_turn:
+        second_turn(args.conversations)
+        return
     vocab = bench_config().vocab_size
     shape = (args.concurrency, args.prompt, args.new, vocab)
     if args.url:
         print(json.dumps(load(args.url, args.requests, *shape)))
         return
     time_engine = engine_alone(args.concurrency, args.prompt, args.new)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = start_server(port, args.concurrency, args.prompt + args.new)
+    server = start_server(port, args.concurrency, args.prompt + args.new, args.prefix_cache_tokens)
     try:
         load(url, args.concurrency, *shape, seed=0)  # the server's first requests touch fresh buffers
         alone = [time_engine("before round 1")]

@@ -304,6 +304,8 @@ class ServeConfig:
     """KV cache positions per slot: the longest prompt + reply"""
     max_tokens: int = 256
     """the most tokens one request may ask to generate"""
+    prefix_cache_tokens: int = 8192
+    """prompt tokens whose keys and values are kept for later prompts that start the same way (LRU, in blocks of 16; 0: off)"""
     max_queue: int = 256
     """requests waiting for a slot; one more gets 429"""
     request_timeout_s: float = 120.0

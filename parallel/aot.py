@@ -50,6 +50,7 @@ class ChipReport:
     pallas_kernels: int = 0  # Pallas (Mosaic) kernel calls in the compiled program: splash attention's
     row_tokens: int = 0  # the longest sequence the program holds: a training row, or a decode slot's cache
     clip_tokens: int = 0  # one clip at the preset's frame budget (tokenizers.video)
+    resident_bytes: int = 0  # held on the chip beside the program and not in it: serving's prefix cache
 
     @property
     def holds_a_clip(self) -> bool:
@@ -58,12 +59,13 @@ class ChipReport:
     @property
     def total_bytes(self) -> int:
         listed = self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
-        return max(self.peak_bytes, listed)
+        return max(self.peak_bytes, listed) + self.resident_bytes
 
     @property
     def scratch_bytes(self) -> int:
         """Activations, gradients, collectives' buffers: the peak less what is resident throughout."""
-        return self.total_bytes - self.argument_bytes - (self.output_bytes - self.alias_bytes) - self.code_bytes
+        return (self.total_bytes - self.resident_bytes - self.argument_bytes - (self.output_bytes - self.alias_bytes)
+                - self.code_bytes)
 
     @property
     def spare(self) -> float:
@@ -91,7 +93,8 @@ class ChipReport:
             "preset": self.preset, "program": self.program, "topology": self.topology, "chips": self.chips,
             "mesh": self.mesh,
             "per_chip_gib": {"arguments": gib(self.argument_bytes), "outputs_not_aliased": gib(self.output_bytes - self.alias_bytes),
-                             "temporaries": gib(self.scratch_bytes), "code": gib(self.code_bytes), "total": gib(self.total_bytes),
+                             "temporaries": gib(self.scratch_bytes), "code": gib(self.code_bytes),
+                             "beside_the_program": gib(self.resident_bytes), "total": gib(self.total_bytes),
                              "capacity": gib(self.hbm_bytes)},
             "spare": round(self.spare, 3), "fits_with_margin": self.fits_with_margin,
             "flops_per_chip": {"xla": self.xla_flops, "analytic": self.analytic_flops},
@@ -108,7 +111,8 @@ class ChipReport:
             + (" x ".join(f"{axis} {size}" for axis, size in self.mesh.items() if size > 1) or "of one chip"),
             f"  per chip HBM: {self.argument_bytes / GiB:.2f} GiB arguments + {self.scratch_bytes / GiB:.2f} GiB temporaries"
             f" + {(self.output_bytes - self.alias_bytes + self.code_bytes) / GiB:.2f} GiB outputs and code"
-            f" = {used:.2f} of {self.hbm_bytes / GiB:.2f} GiB ({self.spare:.0%} spare)",
+            + (f" + {self.resident_bytes / GiB:.2f} GiB prefix cache" if self.resident_bytes else "")
+            + f" = {used:.2f} of {self.hbm_bytes / GiB:.2f} GiB ({self.spare:.0%} spare)",
             f"  FLOPs per chip per step: {self.xla_flops:.4g} (XLA's count), {self.analytic_flops:.4g} (analytic)",
             f"  step time >= {self.step_lower_bound_s * 1e3:.2f} ms at {self.peak_flops / 1e12:.0f} TFLOP/s and "
             f"{self.hbm_bytes_per_s / 1e12:.2f} TB/s; MFU ceiling {self.mfu_ceiling:.1%}",

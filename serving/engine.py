@@ -4,6 +4,10 @@
     insert(decode state, prefix, slot)     -> the slot holds the request; its old rows are masked off
     step(decode state, live)               -> one token for every slot in use, sampled on the device
 
+With a prefix cache (`prefix_cache_tokens`, serving/prefix_cache.py) two more: a prompt whose
+first blocks are cached prefills only the rest, after those blocks' rows copied from the block
+pool (`prefill_after`); and a prefill's new whole blocks are written into the pool (`store`).
+
 The decode state is donated to `insert` and `step`, so the cache is updated in place. Prompts
 are padded up to one of a few bucket lengths (powers of two), and every bucket is compiled at
 start-up (`warm_up`), so no request waits for a compile. Sampling parameters are rows of arrays
@@ -33,6 +37,7 @@ from configs.base import ModelConfig
 from model.attention import KVCache
 from model.transformer import forward, prepare_for_decoding
 from parallel.sharding import logical_to_spec
+from serving.prefix_cache import BLOCK, Plan, PrefixCache
 from serving.sampling import Sampled, SamplingRows, sample
 
 MAX_STOP_IDS = 4  # stop ids per request, <eos> among them
@@ -64,6 +69,14 @@ class Prefix:
     rows: SamplingRows  # rows of 1
     remaining: jax.Array  # i32 []: tokens still to produce after the first
     stop_ids: jax.Array  # i32 [MAX_STOP_IDS], -1 padded
+
+
+@struct.dataclass
+class PrefixPool:
+    """The prefix cache's blocks on the device, one row a block (serving/prefix_cache.py says which)."""
+
+    k: tuple[jax.Array, ...]  # per layer: [blocks, kv_heads, head_dim, BLOCK]
+    v: tuple[jax.Array, ...]  # per layer: [blocks, BLOCK, kv_heads, head_dim]
 
 
 @struct.dataclass
@@ -118,7 +131,7 @@ def _stopped(tokens_b, remaining_b, positions_b, stop_ids_bs, cache_len):
 class Engine:
     def __init__(self, cfg: ModelConfig, graphdef: nnx.GraphDef, state: nnx.State, mesh: jax.sharding.Mesh,
                  slots: int, cache_len: int, eos_id: int, real_vocab: int, int8_weights: bool = False,
-                 is_token: np.ndarray | None = None):
+                 is_token: np.ndarray | None = None, prefix_cache_tokens: int = 0):
         self.cfg, self.mesh, self.int8_weights = cfg, mesh, int8_weights
         # Which ids are tokens (bool [vocab]): ids past `real_vocab` pad the table, and a text range
         # can be wider than its SentencePiece model. No request ever produces an id that is no token.
@@ -145,8 +158,19 @@ class Engine:
         state_shardings = state_shardings.replace(
             cache=state_shardings.cache.replace(k=(keys_sharding,) * layers, v=(values_sharding,) * layers))
         self._empty_state = jax.jit(self._empty_state_fn, out_shardings=state_shardings)
+        # The prefix cache: `prefix_cache_tokens` rounded down to whole blocks; none below one block.
+        self.prefix_cache = PrefixCache(prefix_cache_tokens // BLOCK) if prefix_cache_tokens >= BLOCK else None
+        if self.prefix_cache is not None:
+            # Blocks are replicated over the data axes (any slot may reuse any block), kv heads split as the cache's.
+            pool_keys = NamedSharding(mesh, logical_to_spec((None, "kv", "head_dim", "length")))
+            pool_values = NamedSharding(mesh, logical_to_spec((None, "length", "kv", "head_dim")))
+            self._empty_pool = jax.jit(self._empty_pool_fn, out_shardings=PrefixPool(
+                k=(pool_keys,) * layers, v=(pool_values,) * layers))
+            self._prefill_after = jax.jit(self._prefill_after_fn)
+            self._store = jax.jit(self._store_fn, donate_argnums=0)
         if abstract:
             self.decode_state = jax.eval_shape(self._empty_state)
+            self.pool = jax.eval_shape(self._empty_pool) if self.prefix_cache is not None else None
         else:
             self.reset()
 
@@ -162,6 +186,41 @@ class Engine:
         first = sample(logits_11v[:, 0], rows, last_1 + 1, self.is_token)
         return Prefix(k=cache.k, v=cache.v, length=length, first=first, rows=rows, remaining=remaining,
                       stop_ids=stop_ids_s)
+
+    def _prefill_after_fn(self, weights, pool: PrefixPool, tokens_1t, start, length, table_n, rows: SamplingRows,
+                          remaining, stop_ids_s):
+        """`_prefill_fn` for a prompt whose first `start` tokens are cached: their rows are the pool's
+        rows `table_n` (-1: none), and the rest, `tokens_1t`, is prefilled at positions start.. . The
+        cache is the slot's whole length, so one program serves every cached length."""
+        bucket, n = tokens_1t.shape[1], table_n.shape[0]
+        blocks_n = jnp.maximum(table_n, 0)  # rows past the cached ones are read but masked off
+        k = tuple(jnp.transpose(pool_k[blocks_n], (1, 2, 0, 3)).reshape(1, *pool_k.shape[1:3], n * BLOCK)[..., :self.cache_len]
+                  for pool_k in pool.k)
+        v = tuple(pool_v[blocks_n].reshape(1, n * BLOCK, *pool_v.shape[2:])[:, :self.cache_len] for pool_v in pool.v)
+        cache = KVCache(k=k, v=v, segment_ids=(jnp.arange(self.cache_len) < start).astype(jnp.int32)[None])
+        offsets_1t = jnp.arange(bucket, dtype=jnp.int32)[None]
+        segments_1t = (offsets_1t < length - start).astype(jnp.int32)
+        last_1 = jnp.reshape(length - start - 1, (1,))
+        logits_11v, cache = forward(self.graphdef, self._state(weights), tokens_1t, start + offsets_1t, segments_1t,
+                                    cache, logits_at_b=last_1)
+        first = sample(logits_11v[:, 0], rows, jnp.reshape(length, (1,)), self.is_token)
+        return Prefix(k=cache.k, v=cache.v, length=length, first=first, rows=rows, remaining=remaining,
+                      stop_ids=stop_ids_s)
+
+    def _store_fn(self, pool: PrefixPool, prefix_k, prefix_v, rows_n) -> PrefixPool:
+        """The pool with the prefix's block i written to row `rows_n[i]` (-1: not written)."""
+        n = rows_n.shape[0]
+        rows_n = jnp.where(rows_n < 0, pool.k[0].shape[0], rows_n)  # out of bounds: dropped
+
+        def put_keys(pool_k, k_1khs):
+            blocks = jnp.transpose(k_1khs[0, ..., : n * BLOCK].reshape(*k_1khs.shape[1:3], n, BLOCK), (2, 0, 1, 3))
+            return pool_k.at[rows_n].set(blocks.astype(pool_k.dtype), mode="drop")
+
+        def put_values(pool_v, v_1skh):
+            blocks = v_1skh[0, : n * BLOCK].reshape(n, BLOCK, *v_1skh.shape[2:])
+            return pool_v.at[rows_n].set(blocks.astype(pool_v.dtype), mode="drop")
+
+        return PrefixPool(k=tuple(map(put_keys, pool.k, prefix_k)), v=tuple(map(put_values, pool.v, prefix_v)))
 
     def _insert_fn(self, decode: DecodeState, prefix: Prefix, slot):
         cache = decode.cache
@@ -231,10 +290,25 @@ class Engine:
                            stop_ids=jnp.full((b, MAX_STOP_IDS), -1, jnp.int32), active=jnp.zeros((b,), bool),
                            rows=SamplingRows.zeros(b))
 
+    def _empty_pool_fn(self) -> PrefixPool:
+        blocks, cfg, dtype = self.prefix_cache.capacity, self.cfg, self.cfg.compute_dtype
+        return PrefixPool(k=tuple(jnp.zeros((blocks, cfg.num_kv_heads, cfg.head_dim, BLOCK), dtype) for _ in range(cfg.num_layers)),
+                          v=tuple(jnp.zeros((blocks, BLOCK, cfg.num_kv_heads, cfg.head_dim), dtype) for _ in range(cfg.num_layers)))
+
+    @property
+    def prefix_cache_bytes_per_device(self) -> int:
+        """What the prefix cache's pool holds on one device (the compile-only report counts it)."""
+        if self.prefix_cache is None:
+            return 0
+        return sum(int(np.prod(a.sharding.shard_shape(a.shape))) * a.dtype.itemsize for a in jax.tree.leaves(self.pool))
+
     def reset(self) -> None:
-        """Every slot empty, the cache cleared."""
+        """Every slot empty, the cache cleared, the prefix cache emptied."""
         with jax.set_mesh(self.mesh):
             self.decode_state = self._empty_state()
+            if self.prefix_cache is not None:
+                self.pool = self._empty_pool()
+                self.prefix_cache.clear()
 
     def bucket_for(self, length: int) -> int:
         for size in self.buckets:
@@ -253,20 +327,33 @@ class Engine:
                             report=np.array([params.logprobs]))
         return rows, np.array(stop + (-1,) * (MAX_STOP_IDS - len(stop)), np.int32)
 
-    def prefill(self, prompt: np.ndarray, params: SamplingParams) -> Prefix:
-        """The prompt's cache rows and first token (device arrays: nothing waits for them)."""
+    def prefill(self, prompt: np.ndarray, params: SamplingParams, plan: Plan | None = None) -> Prefix:
+        """The prompt's cache rows and first token (device arrays: nothing waits for them). With a
+        prefix cache's `plan`, the cached blocks are reused and the new ones stored."""
         prompt = np.asarray(prompt, np.int32).reshape(-1)
         if prompt.size == 0:
             raise ValueError("a prompt needs at least one token")
         if params.max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {params.max_tokens}")
-        bucket = self.bucket_for(prompt.size)
+        start = plan.reused_tokens if plan is not None else 0
+        bucket = self.bucket_for(prompt.size - start)
         tokens = np.zeros((1, bucket), np.int32)
-        tokens[0, : prompt.size] = prompt
+        tokens[0, : prompt.size - start] = prompt[start:]
         rows, stop = self.rows_for(params)
         with jax.set_mesh(self.mesh):
-            return self._prefill(self.weights, tokens, np.int32(prompt.size), rows,
-                                 np.int32(params.max_tokens - 1), stop)
+            if start:
+                table = np.full(-(-self.cache_len // BLOCK), -1, np.int32)
+                table[: len(plan.reused)] = plan.reused
+                prefix = self._prefill_after(self.weights, self.pool, tokens, np.int32(start), np.int32(prompt.size),
+                                             table, rows, np.int32(params.max_tokens - 1), stop)
+            else:
+                prefix = self._prefill(self.weights, tokens, np.int32(prompt.size), rows,
+                                       np.int32(params.max_tokens - 1), stop)
+            if plan is not None and plan.stored:
+                where = np.full(prefix.k[0].shape[-1] // BLOCK, -1, np.int32)
+                where[plan.start: plan.start + len(plan.stored)] = plan.stored
+                self.pool = self._store(self.pool, prefix.k, prefix.v, where)
+        return prefix
 
     def insert(self, prefix: Prefix, slot: int) -> None:
         with jax.set_mesh(self.mesh):
@@ -283,11 +370,17 @@ class Engine:
         return out
 
     def warm_up(self) -> None:
-        """Compile every bucket's prefill, the insert and every width's step now, so no request waits for a compile."""
+        """Compile every bucket's prefill (with a prefix cache: and its prefill after cached blocks,
+        and its store), the insert and every width's step now, so no request waits for a compile."""
         params = SamplingParams(max_tokens=2)
         for bucket in self.buckets:
             prefix = self.prefill(np.zeros(bucket, np.int32), params)
             self.insert(prefix, 0)
+            if self.prefix_cache is not None:  # pool row -1: nothing is read from or written to the pool
+                self.prefill(np.zeros(bucket, np.int32), params, Plan((), (-1,), (b"",)))  # store, this length
+                rest = min(bucket, self.cache_len - BLOCK)  # after a cached block, the rest padded to this bucket
+                if rest >= 1 and self.bucket_for(rest) == bucket:
+                    self.insert(self.prefill(np.zeros(BLOCK + rest, np.int32), params, Plan((-1,), (), ())), 0)
         for width in self.widths:  # slot `width - 1` live (and idle): the step of that width
             jax.block_until_ready(self.step(np.arange(self.slots) == width - 1))
         self.reset()

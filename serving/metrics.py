@@ -19,5 +19,11 @@ class ServingMetrics:
         self.time_per_output_token = Histogram("serve_time_per_output_token_seconds", "between a request's tokens",
                                                buckets=_LATENCY_BUCKETS, registry=r)
         self.tokens_generated = Counter("serve_tokens_generated", "tokens produced, all requests", registry=r)
+        self.prefix_cache_hit_tokens = Counter("serve_prefix_cache_hit_tokens", "prompt tokens whose keys and values "
+                                               "came from the prefix cache", registry=r)
+        self.prefix_cache_miss_tokens = Counter("serve_prefix_cache_miss_tokens", "prompt tokens prefilled (with the "
+                                                "prefix cache on)", registry=r)
+        self.prefix_cache_blocks = Gauge("serve_prefix_cache_blocks", "blocks of prompt tokens the prefix cache holds",
+                                         registry=r)
         self.requests = Counter("serve_requests", "HTTP requests answered, by route and status",
                                 ("route", "status"), registry=r)

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from serving.engine import Engine, SamplingParams
+from serving.prefix_cache import Plan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Request:
     cancel_reason: str | None = None  # set by `Scheduler.cancel`, from any thread
     finished: bool = False
     last_token_at: float | None = None
+    plan: Plan | None = None  # the prefix cache's blocks it holds, from admission to its end
 
 
 class Scheduler:
@@ -178,13 +180,22 @@ class Scheduler:
                     self._observe_queue()
                     return
                 request = self.waiting.popleft()
+            cache = self.engine.prefix_cache
             try:
-                prefix = self.engine.prefill(request.prompt, request.params)
+                request.plan = cache.plan(request.prompt) if cache is not None and request.prompt.size else None
+                prefix = self.engine.prefill(request.prompt, request.params, request.plan)
                 self.engine.insert(prefix, free[0])
                 first = jax.device_get(prefix.first)
             except Exception as error:  # the API checks limits first; whatever remains fails this request only
+                if request.plan is not None:  # the blocks it was to write hold nothing
+                    cache.discard(request.plan)
+                    request.plan = None
                 self._finish(request, Finished("error", f"{type(error).__name__}: {error}"))
                 continue
+            if request.plan is not None and self.metrics is not None:
+                self.metrics.prefix_cache_hit_tokens.inc(request.plan.reused_tokens)
+                self.metrics.prefix_cache_miss_tokens.inc(request.prompt.size - request.plan.reused_tokens)
+                self.metrics.prefix_cache_blocks.set(cache.cached_blocks)
             self.slots[free[0]] = request
             token = int(first.tokens[0])
             self._emit_token(request, token, first.logprobs[0], first.top_ids[0], first.top_logprobs[0])
@@ -218,6 +229,9 @@ class Scheduler:
         request.emit(Token(token, float(logprob), top_ids, top_logprobs))
 
     def _finish(self, request: Request, event: Finished) -> None:
+        if request.plan is not None:  # its prefix blocks stay cached, and may be evicted now
+            self.engine.prefix_cache.release(request.plan)
+            request.plan = None
         if not request.finished:
             request.finished = True
             request.emit(event)

@@ -95,6 +95,7 @@ def make_server(cfg: Config, vocab: Vocabulary, graphdef, state, mesh, is_token=
     """`is_token`: the ids the model may produce (bool [vocab size]); every token by default."""
     engine = Engine(cfg.model, graphdef, state, mesh, cfg.serve.slots, cfg.serve.max_cache_len,
                     eos_id=vocab.ids[EOS], real_vocab=vocab.real_size, int8_weights=cfg.serve.int8_weights,
-                    is_token=vocab.is_token() if is_token is None else is_token)
+                    is_token=vocab.is_token() if is_token is None else is_token,
+                    prefix_cache_tokens=cfg.serve.prefix_cache_tokens)
     return Server(cfg, vocab, engine, model_name=kwargs.pop("model_name", cfg.name), **kwargs)
 

@@ -36,9 +36,11 @@ def served_model(cfg: Config = SERVE_CFG, mesh=None, seed: int = 0):
     return init_model(cfg.model, mesh or make_mesh(cfg.mesh), seed)
 
 
-def make_engine(graphdef, state, cfg: Config = SERVE_CFG, mesh=None, slots=None, int8_weights=False) -> Engine:
+def make_engine(graphdef, state, cfg: Config = SERVE_CFG, mesh=None, slots=None, int8_weights=False,
+                prefix_cache_tokens=0) -> Engine:
     return Engine(cfg.model, graphdef, state, mesh or make_mesh(cfg.mesh), slots or cfg.serve.slots,
-                  cfg.serve.max_cache_len, eos_id=EOS, real_vocab=REAL_VOCAB, int8_weights=int8_weights)
+                  cfg.serve.max_cache_len, eos_id=EOS, real_vocab=REAL_VOCAB, int8_weights=int8_weights,
+                  prefix_cache_tokens=prefix_cache_tokens)
 
 
 class Collected:

@@ -43,6 +43,26 @@ def test_health_models_and_prometheus_metrics(live):
         assert name in text, name
 
 
+def metric(live, name: str) -> float:
+    _, _, text = live.call("GET", "/metrics")
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+def test_a_chats_second_turn_reuses_the_first_turns_blocks_and_the_metrics_say_so(live):
+    turn1 = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(png_bytes(), "image/png")}},
+                                          {"type": "text", "text": "a small red circle in the top left " * 4}]}]
+    status, _, first = live.post("/v1/chat/completions", {"messages": turn1, "max_tokens": 4})
+    assert status == 200, first
+    hits, misses = metric(live, "serve_prefix_cache_hit_tokens_total"), metric(live, "serve_prefix_cache_miss_tokens_total")
+    turn2 = [*turn1, first["choices"][0]["message"], {"role": "user", "content": "What colour is it?"}]
+    status, _, second = live.post("/v1/chat/completions", {"messages": turn2, "max_tokens": 4})
+    assert status == 200, second
+    reused = metric(live, "serve_prefix_cache_hit_tokens_total") - hits
+    assert reused == first["usage"]["prompt_tokens"] // 16 * 16  # every whole block of turn 1, its picture's codes among them
+    assert metric(live, "serve_prefix_cache_miss_tokens_total") - misses == second["usage"]["prompt_tokens"] - reused
+    assert metric(live, "serve_prefix_cache_blocks") > 0
+
+
 @pytest.mark.slow  # builds and serves a second engine
 def test_health_is_503_until_the_engine_is_warm(vocab):
     graphdef, state = served_model()
