@@ -92,6 +92,8 @@ def test_tiny_decode_step_compiles_for_one_v5e_chip(int8):
     # The tiny model's 4.6M float32 parameters (18.4 MB), or a quarter of that in int8, beside an
     # 8 x 512-token cache of 4 layers' float32 keys and values (8.4 MB).
     assert report["per_chip_gib"]["arguments"] * 2**30 == pytest.approx(12.9e6 if int8 else 26.8e6, rel=0.05)
+    # Beside the step, the prefix cache's pool: 8,192 tokens of the same float32 keys and values (16.8 MB).
+    assert report["per_chip_gib"]["beside_the_program"] * 2**30 == pytest.approx(8192 * 4 * 2 * 64 * 4, rel=0.05)
 
 
 @pytest.mark.slow  # compiles for TPU in a subprocess
