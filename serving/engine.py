@@ -276,6 +276,8 @@ class Engine:
         if weights_def != self._weights_def:
             raise ValueError("load_weights takes weights of the model the engine was built for")
         self.weights = weights
+        if self.prefix_cache is not None:  # keys and values of the old weights
+            self.prefix_cache.clear()
 
     def lower_step(self) -> jax.stages.Lowered:
         """The step for every slot, lowered (compile-only checks: serving/compile_only.py)."""

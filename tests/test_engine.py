@@ -320,10 +320,12 @@ def test_streamed_text_decodes_a_short_window_per_token_and_joins_to_the_whole_d
 
 
 @pytest.mark.slow  # an 8-device subprocess
-def test_tensor_parallel_decoding_on_8_simulated_devices_equals_one_device_with_float_and_int8_weights():
+def test_tensor_parallel_decoding_on_8_simulated_devices_equals_one_device_with_float_and_int8_weights_and_a_prefix_cache():
     facts = facts_on_simulated_devices("serving_sharded_check.py")
     assert facts["mesh"] == {"dcn_data": 1, "data": 2, "fsdp": 1, "tensor": 4}
     assert facts["mlp_weight_shards"] == 4, "the MLP weights are not split over the tensor axis"
     assert facts["sharded_tokens"] == facts["single_device_tokens"]
     assert facts["int8_mlp_weight_shards"] == 4, "the int8 MLP weights are not split over the tensor axis"
     assert facts["int8_sharded_tokens"] == facts["int8_single_device_tokens"]
+    # With a prefix cache on the mesh, prompts sharing 40 tokens reuse them and answer as uncached on one device.
+    assert facts["prefix_cache_blocks"] > 2 and facts["prefix_cached_tokens"] == facts["uncached_single_device_tokens"]
