@@ -25,9 +25,7 @@ def model():
 @pytest.fixture(scope="module")
 def engines(model):
     """The same model without and with a prefix cache of 12 blocks."""
-    off, on = make_engine(*model), make_engine(*model, prefix_cache_tokens=12 * BLOCK)
-    on.warm_up()
-    return off, on
+    return make_engine(*model), make_engine(*model, prefix_cache_tokens=12 * BLOCK)
 
 
 def picture(seed: int) -> np.ndarray:
@@ -45,6 +43,7 @@ def conversation_prompts() -> list[np.ndarray]:
         np.concatenate([prompt_of(3, seed=7), picture(3)])]
 
 
+@pytest.mark.slow  # compiles engines
 def test_greedy_outputs_are_identical_with_the_prefix_cache_on_and_off(engines):
     off, on = engines
     prompts = conversation_prompts()
@@ -67,6 +66,7 @@ def test_greedy_outputs_are_identical_with_the_prefix_cache_on_and_off(engines):
     assert reused == [0, 2 * BLOCK, 2 * BLOCK, 0, len(prompts[3]) // BLOCK * BLOCK, 0, BLOCK, BLOCK, 0], reused
 
 
+@pytest.mark.slow  # compiles engines
 def test_a_concurrent_batch_with_shared_prefixes_gets_the_answers_it_gets_uncached(engines):
     off, on = engines
     system = prompt_of(50, seed=8)
@@ -75,6 +75,7 @@ def test_a_concurrent_batch_with_shared_prefixes_gets_the_answers_it_gets_uncach
     assert [a.tolist() for a in generate(on, prompts, params)] == [a.tolist() for a in generate(off, prompts, params)]
 
 
+@pytest.mark.slow  # compiles engines
 def test_eviction_keeps_the_cache_within_its_bound_under_a_stream_of_distinct_prefixes(engines):
     _, on = engines
     prompts = [prompt_of(3 * BLOCK + 1, seed=100 + i) for i in range(10)]
@@ -85,6 +86,7 @@ def test_eviction_keeps_the_cache_within_its_bound_under_a_stream_of_distinct_pr
     assert [cache.cached_blocks_of(p) for p in prompts] == [0] * 6 + [3] * 4
 
 
+@pytest.mark.slow  # compiles engines
 def test_a_cancelled_requests_blocks_are_released_and_can_be_evicted(engines):
     _, on = engines
     prompt = prompt_of(4 * BLOCK + 3, seed=200)
@@ -135,6 +137,7 @@ def test_a_failed_prefill_forgets_the_blocks_it_was_to_write():
     assert cache.cached_blocks_of(prompt) == 0
 
 
+@pytest.mark.slow  # compiles engines
 def test_a_request_whose_blocks_cannot_be_kept_is_still_served(model):
     engine = make_engine(*model, prefix_cache_tokens=BLOCK)  # one block
     prompts = [prompt_of(3 * BLOCK, seed=400 + i) for i in range(4)]  # all at once: the one block is held
