@@ -33,7 +33,9 @@ def fault_mb_per_run(mode: str) -> tuple[str, float]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_freed_xla_temporaries_are_reused_instead_of_faulted_in_again():
     took, reused_mb = fault_mb_per_run("reuse")
-    _, default_mb = fault_mb_per_run("default")
     assert took == "True"
-    assert default_mb > 100, f"the check needs a run that faults in its temporaries: {default_mb:.0f} MB"
     assert reused_mb < 10, f"{reused_mb:.0f} MB of fresh pages a run after reuse_freed_memory()"
+    _, default_mb = fault_mb_per_run("default")
+    if default_mb <= 100:  # some machines' malloc keeps the block without being told (seen 2026-12-07: 14 MB)
+        pytest.skip(f"without reuse_freed_memory() this machine faults in only {default_mb:.0f} MB a run: "
+                    "no difference to show")
